@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/vmware/govmomi/vim25"
+)
+
+// sim holds our additions to the stock simulator: the call counter, the
+// scenario registry and the control API.
+type sim struct {
+	root   string
+	client *vim25.Client
+
+	mu    sync.Mutex
+	calls map[string]int // SOAP method name -> calls received over HTTP since the last reset
+	total map[string]int // the same, never reset (the suite checks Fetch stays 0)
+	seq   int            // scenarios seeded so far, for unique names
+}
+
+func newSim(root string, client *vim25.Client) *sim {
+	return &sim{root: root, client: client, calls: map[string]int{}, total: map[string]int{}}
+}
+
+var soapMethodRE = regexp.MustCompile(`<(?:[\w-]+:)?Body[^>]*>\s*<(?:[\w-]+:)?([A-Za-z_][\w]*)`)
+
+// soapMethod returns the name of the SOAP method a request body calls.
+func soapMethod(body []byte) string {
+	m := soapMethodRE.FindSubmatch(body)
+	if m == nil {
+		return ""
+	}
+	return string(m[1])
+}
+
+// middleware routes /_ctl/ to the control API and counts every SOAP call
+// before the stock handler sees it.
+func (s *sim) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/_ctl/") {
+			s.control(w, r)
+			return
+		}
+		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/sdk") {
+			body, err := io.ReadAll(r.Body)
+			_ = r.Body.Close()
+			if err != nil {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
+			method := soapMethod(body)
+			s.mu.Lock()
+			s.calls[method]++
+			s.total[method]++
+			s.mu.Unlock()
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			r.ContentLength = int64(len(body))
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v interface{}) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func ctlError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// control serves the test control API (documented in README.md).
+func (s *sim) control(w http.ResponseWriter, r *http.Request) {
+	path := strings.TrimPrefix(r.URL.Path, "/_ctl")
+	switch {
+	case path == "/health":
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	case path == "/calls" && r.Method == http.MethodGet:
+		s.mu.Lock()
+		src := s.calls
+		if r.URL.Query().Get("total") != "" {
+			src = s.total
+		}
+		out := make(map[string]int, len(src))
+		for k, v := range src {
+			out[k] = v
+		}
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, out)
+	case path == "/calls/reset" && r.Method == http.MethodPost:
+		s.mu.Lock()
+		s.calls = map[string]int{}
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	case path == "/scenarios" && r.Method == http.MethodGet:
+		names := make([]string, 0, len(scenarios))
+		for n := range scenarios {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		writeJSON(w, http.StatusOK, names)
+	case strings.HasPrefix(path, "/scenario/") && r.Method == http.MethodPost:
+		s.seedScenario(w, r, strings.TrimPrefix(path, "/scenario/"))
+	default:
+		ctlError(w, http.StatusNotFound, "no such control endpoint: "+r.Method+" "+r.URL.Path)
+	}
+}
