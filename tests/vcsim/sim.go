@@ -23,10 +23,16 @@ type sim struct {
 	calls map[string]int // SOAP method name -> calls received over HTTP since the last reset
 	total map[string]int // the same, never reset (the suite checks Fetch stays 0)
 	seq   int            // scenarios seeded so far, for unique names
+
+	timing  *timing
+	tasksWG sync.WaitGroup
+	// modelMu serialises our changes to the model (disk chains, files,
+	// relocations), which span several VMs and datastores at once.
+	modelMu sync.Mutex
 }
 
 func newSim(root string, client *vim25.Client) *sim {
-	return &sim{root: root, client: client, calls: map[string]int{}, total: map[string]int{}}
+	return &sim{root: root, client: client, calls: map[string]int{}, total: map[string]int{}, timing: newTiming()}
 }
 
 var soapMethodRE = regexp.MustCompile(`<(?:[\w-]+:)?Body[^>]*>\s*<(?:[\w-]+:)?([A-Za-z_][\w]*)`)
@@ -62,6 +68,9 @@ func (s *sim) middleware(next http.Handler) http.Handler {
 			s.mu.Unlock()
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
+			if s.intercept(next, w, r, method, body) {
+				return
+			}
 		}
 		next.ServeHTTP(w, r)
 	})
