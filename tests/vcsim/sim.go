@@ -119,6 +119,10 @@ func (s *sim) control(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(path, "/scenario/") && r.Method == http.MethodPost:
 		s.seedScenario(w, r, strings.TrimPrefix(path, "/scenario/"))
 	default:
+		if route, ok := controlRoutes[path]; ok {
+			route(s, w, r)
+			return
+		}
 		ctlError(w, http.StatusNotFound, "no such control endpoint: "+r.Method+" "+r.URL.Path)
 	}
 }
