@@ -193,3 +193,57 @@ class Control:
 
     def reset_calls(self) -> None:
         self.request("POST", "/calls/reset")
+
+    # -- faults, timing and tools (tests/vcsim/faults.go, tasks.go, tools.go) --
+
+    def inject_fault(
+        self,
+        method: str,
+        kind: str = "soap",
+        fault: str | None = None,
+        *,
+        count: int = 1,
+        skip: int = 0,
+        match: str | None = None,
+    ) -> int:
+        """Make the next ``count`` calls of ``method`` fail; return the rule's id.
+
+        ``kind`` is ``soap``, ``task``, ``drop``, ``drop_after``,
+        ``expire_sessions`` or ``http503``; ``fault`` names the vSphere fault
+        type for ``soap`` and ``task``. ``count=-1`` fails every call until
+        :meth:`clear_faults`.
+        """
+        body: dict[str, Any] = {"method": method, "kind": kind, "count": count, "skip": skip}
+        if fault is not None:
+            body["fault"] = fault
+        if match is not None:
+            body["match"] = match
+        result: dict[str, int] = self.request("POST", "/faults", body)
+        return result["id"]
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The fault rules still active, with their remaining counts."""
+        result: list[dict[str, Any]] = self.request("GET", "/faults")
+        return result
+
+    def clear_faults(self) -> None:
+        self.request("DELETE", "/faults")
+
+    def set_task_time(self, method: str, ms: float) -> None:
+        """Make tasks of ``method`` take ``ms`` milliseconds (plus copy time)."""
+        self.request("POST", "/timing", {"method": method, "ms": ms})
+
+    def set_default_task_time(self, ms: float) -> None:
+        self.request("POST", "/timing", {"default_ms": ms})
+
+    def set_copy_rate(self, bytes_per_second: float) -> None:
+        """Set how fast relocations and clones copy disk data."""
+        self.request("POST", "/timing", {"bytes_per_second": bytes_per_second})
+
+    def reset_timing(self) -> None:
+        """Back to the defaults: 20 ms per task, 64 MiB/s copies."""
+        self.request("DELETE", "/timing")
+
+    def set_tools(self, vm: str, running: bool) -> None:
+        """Set whether VMware Tools run in the VM with moref ``vm``."""
+        self.request("POST", "/tools", {"vm": vm, "running": running})

@@ -79,11 +79,17 @@ func (s *sim) intercept(next http.Handler, w http.ResponseWriter, r *http.Reques
 		writeFault(w, faultMessage(fault), fault)
 		return true
 	}
+	writeReturnRef(w, method, ref)
+	return true
+}
+
+// writeReturnRef answers a SOAP call whose returnval is a managed object
+// reference (a task, for the methods we model).
+func writeReturnRef(w http.ResponseWriter, method string, ref types.ManagedObjectReference) {
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprintf(w, `%s<%sResponse xmlns="urn:vim25"><returnval type="%s">%s</returnval></%sResponse>%s`,
 		soapEnvelopeStart, method, ref.Type, ref.Value, method, soapEnvelopeEnd)
-	return true
 }
 
 // faultMessage is the faultstring for a fault: its type name, as vCenter

@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 // sim holds our additions to the stock simulator: the call counter, the
@@ -24,15 +25,18 @@ type sim struct {
 	total map[string]int // the same, never reset (the suite checks Fetch stays 0)
 	seq   int            // scenarios seeded so far, for unique names
 
-	timing  *timing
-	tasksWG sync.WaitGroup
+	timing   *timing
+	faults   *faultSet
+	sessions *sessionTracker
+	tasksWG  sync.WaitGroup
 	// modelMu serialises our changes to the model (disk chains, files,
 	// relocations), which span several VMs and datastores at once.
 	modelMu sync.Mutex
 }
 
 func newSim(root string, client *vim25.Client) *sim {
-	return &sim{root: root, client: client, calls: map[string]int{}, total: map[string]int{}, timing: newTiming()}
+	return &sim{root: root, client: client, calls: map[string]int{}, total: map[string]int{}, timing: newTiming(),
+		faults: &faultSet{}, sessions: newSessionTracker()}
 }
 
 var soapMethodRE = regexp.MustCompile(`<(?:[\w-]+:)?Body[^>]*>\s*<(?:[\w-]+:)?([A-Za-z_][\w]*)`)
@@ -46,33 +50,50 @@ func soapMethod(body []byte) string {
 	return string(m[1])
 }
 
-// middleware routes /_ctl/ to the control API and counts every SOAP call
-// before the stock handler sees it.
+// middleware routes /_ctl/ to the control API; every SOAP call is counted,
+// checked against expired sessions and injected faults, then served by our
+// interceptor for its method or by the stock handler.
 func (s *sim) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/_ctl/") {
 			s.control(w, r)
 			return
 		}
-		if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/sdk") {
-			body, err := io.ReadAll(r.Body)
-			_ = r.Body.Close()
-			if err != nil {
-				w.WriteHeader(http.StatusBadRequest)
+		if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
+			next.ServeHTTP(w, r)
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		_ = r.Body.Close()
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		method := soapMethod(body)
+		s.mu.Lock()
+		s.calls[method]++
+		s.total[method]++
+		s.mu.Unlock()
+		serve := func(w http.ResponseWriter) {
+			if s.checkSession(r, method) {
+				writeFault(w, "The session is not authenticated.", &types.NotAuthenticated{
+					NoPermission: types.NoPermission{Object: thisOf(body), PrivilegeId: "System.View"},
+				})
 				return
 			}
-			method := soapMethod(body)
-			s.mu.Lock()
-			s.calls[method]++
-			s.total[method]++
-			s.mu.Unlock()
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
-			if s.intercept(next, w, r, method, body) {
+			if !s.intercept(next, w, r, method, body) {
+				next.ServeHTTP(w, r)
+			}
+			s.noteNewSessions(w)
+		}
+		if rule := s.faults.take(method, body); rule != nil {
+			if s.injectFault(next, w, r, method, body, rule, serve) {
 				return
 			}
 		}
-		next.ServeHTTP(w, r)
+		serve(w)
 	})
 }
 
@@ -118,6 +139,12 @@ func (s *sim) control(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, names)
 	case strings.HasPrefix(path, "/scenario/") && r.Method == http.MethodPost:
 		s.seedScenario(w, r, strings.TrimPrefix(path, "/scenario/"))
+	case path == "/faults":
+		s.controlFaults(w, r)
+	case path == "/timing":
+		s.controlTiming(w, r)
+	case path == "/tools" && r.Method == http.MethodPost:
+		s.controlTools(w, r)
 	default:
 		if route, ok := controlRoutes[path]; ok {
 			route(s, w, r)

@@ -6,8 +6,10 @@ package main
 // Our modelled change to the inventory happens when the task completes.
 
 import (
+	"encoding/json"
 	"fmt"
 	"log"
+	"net/http"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -83,25 +85,44 @@ func (s *sim) startTask(entity types.ManagedObjectReference, method string, copy
 		task.Info.EntityName = name
 	})
 	d := s.timing.duration(method, copyBytes)
+	update := func(changes ...types.PropertyChange) {
+		simulator.Map.WithLock(task, func() { simulator.Map.Update(task, changes) })
+	}
+	// Running before the call returns, as vCenter's tasks usually are.
+	update(
+		types.PropertyChange{Name: "info.state", Val: types.TaskInfoStateRunning},
+		types.PropertyChange{Name: "info.startTime", Val: time.Now()},
+		types.PropertyChange{Name: "info.progress", Val: int32(0)},
+	)
 	s.tasksWG.Add(1)
 	go func() {
 		defer s.tasksWG.Done()
-		simulator.Map.Update(task, []types.PropertyChange{
-			{Name: "info.state", Val: types.TaskInfoStateRunning},
-			{Name: "info.startTime", Val: time.Now()},
-			{Name: "info.progress", Val: int32(0)},
-		})
 		const steps = 4
 		for i := 1; i < steps; i++ {
 			time.Sleep(d / steps)
-			simulator.Map.Update(task, []types.PropertyChange{
-				{Name: "info.progress", Val: int32(i * 100 / steps)},
-			})
+			update(types.PropertyChange{Name: "info.progress", Val: int32(i * 100 / steps)})
 		}
 		time.Sleep(d / steps)
+		// Not task.Run(): it would set info.startTime again, to now.
 		s.modelMu.Lock()
-		defer s.modelMu.Unlock()
-		task.Run()
+		res, fault := task.Execute(task)
+		s.modelMu.Unlock()
+		state := types.TaskInfoStateSuccess
+		var lmf interface{}
+		if fault != nil {
+			state = types.TaskInfoStateError
+			lmf = types.LocalizedMethodFault{Fault: fault, LocalizedMessage: faultMessage(fault)}
+		}
+		changes := []types.PropertyChange{
+			{Name: "info.completeTime", Val: time.Now()},
+			{Name: "info.state", Val: state},
+			{Name: "info.result", Val: res},
+			{Name: "info.error", Val: lmf},
+		}
+		if fault == nil {
+			changes = append(changes, types.PropertyChange{Name: "info.progress", Val: int32(100)})
+		}
+		update(changes...)
 	}()
 	return task.Self
 }
@@ -112,4 +133,76 @@ func entityName(ref types.ManagedObjectReference) string {
 		return vm.Name
 	}
 	return ref.Value
+}
+
+// controlTiming serves /_ctl/timing: POST sets durations, DELETE restores
+// the defaults, GET shows them.
+func (s *sim) controlTiming(w http.ResponseWriter, r *http.Request) {
+	t := s.timing
+	switch r.Method {
+	case http.MethodPost:
+		var req struct {
+			Method         string   `json:"method"`
+			MS             *float64 `json:"ms"`
+			DefaultMS      *float64 `json:"default_ms"`
+			BytesPerSecond *float64 `json:"bytes_per_second"`
+		}
+		dec := json.NewDecoder(r.Body)
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			ctlError(w, http.StatusBadRequest, "timing: the body must be a JSON object like "+
+				`{"method": "RelocateVM_Task", "ms": 200}, {"default_ms": 20} or {"bytes_per_second": 1048576}: `+err.Error())
+			return
+		}
+		switch {
+		case (req.Method == "") != (req.MS == nil):
+			ctlError(w, http.StatusBadRequest, `timing: "method" and "ms" go together`)
+			return
+		case req.MS == nil && req.DefaultMS == nil && req.BytesPerSecond == nil:
+			ctlError(w, http.StatusBadRequest, `timing: give "method" and "ms", "default_ms" or "bytes_per_second"`)
+			return
+		case (req.MS != nil && *req.MS < 0) || (req.DefaultMS != nil && *req.DefaultMS < 0) ||
+			(req.BytesPerSecond != nil && *req.BytesPerSecond <= 0):
+			ctlError(w, http.StatusBadRequest, "timing: durations must not be negative and the copy rate must be positive")
+			return
+		}
+		ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+		t.mu.Lock()
+		if req.MS != nil {
+			t.base[req.Method] = ms(*req.MS)
+		}
+		if req.DefaultMS != nil {
+			t.defaultBase = ms(*req.DefaultMS)
+		}
+		if req.BytesPerSecond != nil {
+			t.bytesPerSecond = *req.BytesPerSecond
+		}
+		t.mu.Unlock()
+		writeJSON(w, http.StatusOK, t.snapshot())
+	case http.MethodDelete:
+		def := newTiming()
+		t.mu.Lock()
+		t.base, t.defaultBase, t.bytesPerSecond = def.base, def.defaultBase, def.bytesPerSecond
+		t.mu.Unlock()
+		writeJSON(w, http.StatusOK, t.snapshot())
+	case http.MethodGet:
+		writeJSON(w, http.StatusOK, t.snapshot())
+	default:
+		ctlError(w, http.StatusMethodNotAllowed, "timing: use GET, POST or DELETE")
+	}
+}
+
+// snapshot is the timing settings as the control API shows them.
+func (t *timing) snapshot() map[string]interface{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	methods := map[string]float64{}
+	for m, d := range t.base {
+		methods[m] = float64(d) / float64(time.Millisecond)
+	}
+	return map[string]interface{}{
+		"default_ms":       float64(t.defaultBase) / float64(time.Millisecond),
+		"methods":          methods,
+		"bytes_per_second": t.bytesPerSecond,
+	}
 }
