@@ -162,3 +162,18 @@ def vc(
     )
     with make_vcr("none").use_cassette(str(cassette), allow_playback_repeats=False):
         yield target
+
+
+@pytest.fixture
+def session(vc: Target) -> Iterator[Any]:
+    """A connected vmdk_snap Session to ``vc`` (closed after the test)."""
+    from vmdk_snap.session import RetryPolicy, Session  # noqa: PLC0415 - keeps pyVmomi out of collection
+
+    with Session(
+        vc.url,
+        vc.username,
+        vc.password,
+        ca_file=vc.ca_file,
+        retry=RetryPolicy(initial_delay=0.01, max_delay=0.05),
+    ) as s:
+        yield s

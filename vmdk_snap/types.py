@@ -18,6 +18,7 @@ __all__ = [
     "HostInfo",
     "Moref",
     "SnapshotNode",
+    "TaskRef",
     "VmInfo",
     "datastore_of",
 ]
@@ -161,3 +162,17 @@ class HostInfo:
 
     def datastore_named(self, name: str) -> DatastoreInfo | None:
         return next((d for d in self.datastores if d.name == name), None)
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A vSphere task that was started, e.g. to wait for several at once.
+
+    ``description`` names it for errors and logs: ``"CreateSnapshot_Task on vm-42"``.
+    """
+
+    ref: Moref
+    description: str
+
+    def __str__(self) -> str:
+        return f"{self.description} ({self.ref.value})"
