@@ -1,5 +1,11 @@
 package main
 
+// ConsolidateVMDisks_Task: the merge that a RemoveSnapshot with
+// consolidate=false left pending (the stock simulator lacks the method).
+// The same rules as RemoveSnapshot's consolidation apply (remove.go): only
+// deltas the VM no longer needs are merged, and a merge into or of a file
+// another VM uses fails with FileLocked, changing nothing.
+
 import (
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
@@ -9,19 +15,32 @@ func init() {
 	interceptors["ConsolidateVMDisks_Task"] = consolidateVMDisks
 }
 
-// consolidateVMDisks does the merge a RemoveSnapshot with consolidate=false
-// left pending, and clears runtime.consolidationNeeded.
-// Not finished: the merge of pending deltas lands with the chain model
-// (issue 3); for now it only clears the flag.
 func consolidateVMDisks(s *sim, call *soapCall) (types.ManagedObjectReference, types.BaseMethodFault) {
 	vm, fault := vmOf(call.This)
 	if fault != nil {
 		return types.ManagedObjectReference{}, fault
 	}
 	return s.startTask(vm.Self, call.Name, 0, func() (types.AnyType, types.BaseMethodFault) {
-		simulator.Map.WithLock(vm, func() {
-			vm.Runtime.ConsolidationNeeded = types.NewBool(false)
-		})
-		return nil, nil
+		return nil, s.consolidate(vm)
 	}), nil
+}
+
+// consolidate merges every delta vm no longer needs and clears
+// runtime.consolidationNeeded.
+func (s *sim) consolidate(vm *simulator.VirtualMachine) types.BaseMethodFault {
+	kept := map[types.ManagedObjectReference]bool{}
+	for _, snap := range snapshotsOf(vm) {
+		kept[snap.Self] = true
+	}
+	before := vmFiles(vm)
+	merges := planMerges(chainsAfter(vm, kept))
+	if fault := checkMerges(vm, merges); fault != nil {
+		return fault
+	}
+	simulator.Map.WithLock(vm, func() {
+		s.applyMerges(vm, merges)
+		simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.consolidationNeeded", Val: types.NewBool(false)}})
+	})
+	s.deleteUnused(before)
+	return nil
 }

@@ -72,6 +72,33 @@ var scenarios = map[string]scenario{
 	"instance-two-volumes": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
 		return twoVolumes(ctx, b)
 	},
+	// Blueprint Work Flow 2: the instance (root disk and two attached
+	// volumes) was storage-vMotioned from ds-shared-1 to ds-shared-2 after
+	// "pre-move:<id>" tokens were written, then got "post-move:<id>": each
+	// volume's backing still points at its old copy on ds-shared-1 (seed,
+	// pre-move) and the instance's copies on ds-shared-2 have diverged
+	// (seed, pre-move, post-move).
+	"workflow2": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
+		if err := twoVolumes(ctx, b); err != nil {
+			return err
+		}
+		return b.movedAfterWrites(&b.out.Instances[0], dsShared2)
+	},
+	// The same with one attached volume.
+	"attached-volume-moved": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
+		inst, err := b.instance(ctx, host0, dsShared1, "inst")
+		if err != nil {
+			return err
+		}
+		vol, err := b.volume(ctx, dsShared1, "vol")
+		if err != nil {
+			return err
+		}
+		if err := b.attach(ctx, inst, vol); err != nil {
+			return err
+		}
+		return b.movedAfterWrites(inst, dsShared2)
+	},
 	"many-vms": func(ctx context.Context, s *sim, b *builder, params map[string]string) error {
 		count, err := strconv.Atoi(params["count"])
 		if err != nil || count < 1 {
@@ -213,8 +240,9 @@ func (s *sim) createInventory(ctx context.Context) error {
 	return nil
 }
 
-// vm creates a VM with one new disk of capacityKB at [ds] name/name.vmdk.
-func (b *builder) vm(ctx context.Context, name, uuid, hostName, ds string, capacityKB int64, powerOn bool) (*object.VirtualMachine, string, string, error) {
+// vm creates a VM with one new disk of capacityKB at [ds] name/name.vmdk,
+// whose data holds one token, "seed:<seed>", so base files are never empty.
+func (b *builder) vm(ctx context.Context, name, uuid, hostName, ds string, capacityKB int64, powerOn bool, seed string) (*object.VirtualMachine, string, string, error) {
 	host, err := b.finder.HostSystem(ctx, "*/"+hostName)
 	if err != nil {
 		return nil, "", "", err
@@ -232,6 +260,7 @@ func (b *builder) vm(ctx context.Context, name, uuid, hostName, ds string, capac
 	vmdk := fmt.Sprintf("[%s] %s/%s.vmdk", ds, name, name)
 	disk := devices.CreateDisk(scsi.(types.BaseVirtualController), types.ManagedObjectReference{}, vmdk)
 	disk.CapacityInKB = capacityKB
+	disk.Key = 2000 // stable device keys, so recorded control calls replay
 	diskUUID := stableUUID(b.prefix, name, "disk")
 	disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo).Uuid = diskUUID
 	devices = append(devices, disk)
@@ -256,6 +285,12 @@ func (b *builder) vm(ctx context.Context, name, uuid, hostName, ds string, capac
 		return nil, "", "", err
 	}
 	vm := object.NewVirtualMachine(b.s.client, info.Result.(types.ManagedObjectReference))
+	if err := b.s.createDisk(vmdk, "", capacityKB); err != nil {
+		return nil, "", "", err
+	}
+	if err := b.s.appendTokens(b.s.dataFile(vmdk), "seed:"+seed); err != nil {
+		return nil, "", "", err
+	}
 	if powerOn {
 		t, err := vm.PowerOn(ctx)
 		if err != nil {
@@ -272,7 +307,7 @@ func (b *builder) vm(ctx context.Context, name, uuid, hostName, ds string, capac
 func (b *builder) instance(ctx context.Context, hostName, ds, role string) (*seededInstance, error) {
 	uuid := stableUUID(b.prefix, role)
 	name := fmt.Sprintf("instance-%s", uuid[:8])
-	vm, vmdk, _, err := b.vm(ctx, name, uuid, hostName, ds, 2048, true)
+	vm, vmdk, _, err := b.vm(ctx, name, uuid, hostName, ds, 2048, true, uuid)
 	if err != nil {
 		return nil, err
 	}
@@ -286,7 +321,7 @@ func (b *builder) instance(ctx context.Context, hostName, ds, role string) (*see
 func (b *builder) volume(ctx context.Context, ds, role string) (*seededVolume, error) {
 	id := stableUUID(b.prefix, role)
 	name := "volume-" + id
-	vm, vmdk, diskUUID, err := b.vm(ctx, name, id, host0, ds, 1024, false)
+	vm, vmdk, diskUUID, err := b.vm(ctx, name, id, host0, ds, 1024, false, id)
 	if err != nil {
 		return nil, err
 	}
@@ -310,6 +345,7 @@ func (b *builder) attach(ctx context.Context, inst *seededInstance, vol *seededV
 	}
 	disk := devices.CreateDisk(scsi, types.ManagedObjectReference{}, vol.VMDK)
 	disk.CapacityInKB = 1024
+	disk.Key = 2000 + int32(len(devices.SelectByType((*types.VirtualDisk)(nil))))
 	disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo).Uuid = vol.DiskUUID
 	spec := types.VirtualMachineConfigSpec{
 		DeviceChange: []types.BaseVirtualDeviceConfigSpec{
@@ -327,5 +363,56 @@ func (b *builder) attach(ctx context.Context, inst *seededInstance, vol *seededV
 		return err
 	}
 	vol.AttachedTo = inst.UUID
+	return nil
+}
+
+// movedAfterWrites writes "pre-move:<id>" to each disk of the instance (id:
+// the volume's id for an attached volume, the instance's uuid for its root
+// disk), storage-vMotions it to ds with our relocation model, then writes
+// "post-move:<id>" to the instance's new copies.
+func (b *builder) movedAfterWrites(inst *seededInstance, ds string) error {
+	s := b.s
+	s.modelMu.Lock()
+	defer s.modelMu.Unlock()
+	vm := vmByValue(inst.Moref)
+	target := datastoreByName(ds)
+	if vm == nil || target == nil {
+		return fmt.Errorf("no VM %s or datastore %s", inst.Moref, ds)
+	}
+	ids := map[int32]string{}
+	rootKey := int32(0)
+	for _, d := range disksOf(vm.Config.Hardware.Device) {
+		id := inst.UUID
+		for _, v := range b.out.Volumes {
+			if v.VMDK == flatBacking(d).FileName {
+				id = v.ID
+			}
+		}
+		if flatBacking(d).FileName == inst.RootVMDK {
+			rootKey = d.Key
+		}
+		ids[d.Key] = id
+	}
+	write := func(prefix string) error {
+		for key, id := range ids {
+			if _, err := s.write(vm, key, prefix+id); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := write("pre-move:"); err != nil {
+		return err
+	}
+	ref := target.Self
+	if fault := s.relocate(vm, types.VirtualMachineRelocateSpec{Datastore: &ref}); fault != nil {
+		return fmt.Errorf("storage vMotion of %s to %s: %s", inst.Name, ds, faultMessage(fault))
+	}
+	if err := write("post-move:"); err != nil {
+		return err
+	}
+	if d := diskByKey(vm.Config.Hardware.Device, rootKey); d != nil {
+		inst.RootVMDK = flatBacking(d).FileName
+	}
 	return nil
 }
