@@ -475,4 +475,3 @@ func (s *sim) updateDatastoreVMs() {
 		})
 	}
 }
-
