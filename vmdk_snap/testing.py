@@ -247,3 +247,50 @@ class Control:
     def set_tools(self, vm: str, running: bool) -> None:
         """Set whether VMware Tools run in the VM with moref ``vm``."""
         self.request("POST", "/tools", {"vm": vm, "running": running})
+
+    # -- disk content and files (tests/vcsim/data.go, relocate.go) ---------
+
+    def write(self, vm: str, disk_key: int, token: str) -> str:
+        """Append ``token`` to the top file of a VM's disk, as its guest would.
+
+        Returns the datastore path of the file written.
+        """
+        result: dict[str, str] = self.request(
+            "POST", "/write", {"vm": vm, "disk": disk_key, "token": token}
+        )
+        return result["file"]
+
+    def read_disk(self, vm: str, disk_key: int) -> dict[str, list[str]]:
+        """A VM disk's chain (top first) and its tokens (base first)."""
+        result: dict[str, list[str]] = self.request("GET", "/read", vm=vm, disk=disk_key)
+        return result
+
+    def read_file(self, path: str) -> dict[str, list[str]]:
+        """The chain and tokens of a VMDK, following its descriptors' parent hints."""
+        result: dict[str, list[str]] = self.request("GET", "/read", file=path)
+        return result
+
+    def read_snapshot(self, snapshot: str, disk_key: int) -> dict[str, list[str]]:
+        """The chain and tokens of a disk as a snapshot (moref value) holds it."""
+        result: dict[str, list[str]] = self.request(
+            "GET", "/read", snapshot=snapshot, disk=disk_key
+        )
+        return result
+
+    def files(self, datastore: str) -> list[str]:
+        """Every file on a datastore, as sorted ``[ds] dir/file`` paths."""
+        result: list[str] = self.request("GET", "/files", datastore=datastore)
+        return result
+
+    def chain(self, vm: str) -> dict[str, Any]:
+        """Debugging view of a VM's disk chains, snapshots' included."""
+        result: dict[str, Any] = self.request("GET", "/chain", vm=vm)
+        return result
+
+    def bytes_copied(self) -> dict[str, Any]:
+        """Disk data bytes copied by relocations: ``{"total": n, "files": {...}}``."""
+        result: dict[str, Any] = self.request("GET", "/bytes-copied")
+        return result
+
+    def reset_bytes_copied(self) -> None:
+        self.request("POST", "/bytes-copied/reset")
