@@ -177,3 +177,11 @@ def session(vc: Target) -> Iterator[Any]:
         retry=RetryPolicy(initial_delay=0.01, max_delay=0.05),
     ) as s:
         yield s
+
+
+@pytest.fixture
+def ops(session: Any) -> Any:
+    """VolumeOps on the ``session`` fixture."""
+    from vmdk_snap.volumeops import VolumeOps  # noqa: PLC0415 - keeps pyVmomi out of collection
+
+    return VolumeOps(session, task_timeout=60)

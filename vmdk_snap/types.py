@@ -14,6 +14,7 @@ from datetime import datetime
 __all__ = [
     "DatastoreInfo",
     "Disk",
+    "DiskLocator",
     "DiskSpec",
     "HostInfo",
     "Moref",
@@ -176,3 +177,16 @@ class TaskRef:
 
     def __str__(self) -> str:
         return f"{self.description} ({self.ref.value})"
+
+
+@dataclass(frozen=True)
+class DiskLocator:
+    """Where relocation puts one disk: its device key and target datastore.
+
+    ``disk_move_type`` overrides the relocation's own for this disk
+    (``moveAllDiskBackingsAndAllowSharing``, ``moveChildMostDiskBacking``, ...).
+    """
+
+    disk_key: int
+    datastore: Moref
+    disk_move_type: str | None = None

@@ -1,0 +1,545 @@
+"""VolumeOps: one typed method per vSphere operation the workflows need."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from pyVmomi import vim
+
+from vmdk_snap.errors import InvalidInput, NotFound
+from vmdk_snap.session import Session
+from vmdk_snap.tasks import ProgressCallback, wait_for_task
+from vmdk_snap.types import (
+    DatastoreInfo,
+    Disk,
+    DiskLocator,
+    DiskSpec,
+    HostInfo,
+    Moref,
+    TaskRef,
+    VmInfo,
+    datastore_of,
+)
+from vmdk_snap.volumeops.collect import (
+    VM_PATHS,
+    Found,
+    Obj,
+    Traverse,
+    moref_of,
+    retrieve,
+    vms_under_root,
+)
+from vmdk_snap.volumeops.convert import disks_of, vm_info
+
+__all__ = ["DEFAULT_TASK_TIMEOUT", "VolumeOps"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TASK_TIMEOUT = 1800.0
+
+# A task queued this long before our (estimated) send time is not ours: the
+# estimate comes from the login time vCenter reported, to the second.
+_STARTED_SLACK = timedelta(seconds=2)
+
+_TASK_PATHS = ("info.entity", "info.queueTime", "info.descriptionId")
+
+
+def _vm_name(volume_id: str) -> str:
+    return f"volume-{volume_id}"
+
+
+class VolumeOps:
+    """Typed vSphere operations on one :class:`~vmdk_snap.session.Session`.
+
+    Reads return :mod:`vmdk_snap.types` values. Each task-starting operation
+    has a ``start_*`` form returning a :class:`TaskRef` (to start several and
+    wait once with :func:`vmdk_snap.tasks.wait_for_tasks`) and a form that
+    waits (``timeout`` always applies, ``on_progress(task, percent)``).
+    """
+
+    def __init__(self, session: Session, task_timeout: float = DEFAULT_TASK_TIMEOUT) -> None:
+        self.session = session
+        self.task_timeout = task_timeout
+        self._datastores: dict[str, tuple[Moref, Moref]] | None = None  # name -> (ds, dc)
+        self._lock = threading.Lock()
+
+    # -- finding VMs -----------------------------------------------------------
+
+    def find_backing(self, volume_id: str) -> Moref | None:
+        """The backing VM of a volume: by instance UUID, else by its name ``volume-<id>``."""
+        found = self.find_instance(volume_id)
+        if found is not None:
+            return found
+        name = _vm_name(volume_id)
+        for vm in retrieve(
+            self.session, [vms_under_root(self.session)], {vim.VirtualMachine: ["name"]}
+        ):
+            if vm.props.get("name") == name:
+                return vm.ref
+        return None
+
+    def find_instance(self, instance_uuid: str) -> Moref | None:
+        """The VM whose ``config.instanceUuid`` is ``instance_uuid`` (one call)."""
+        index = self.session.content.searchIndex
+        vm = self.session.invoke(index, "FindByUuid", None, instance_uuid, True, True)
+        return moref_of(vm) if vm is not None else None
+
+    def find_attached_instance(self, volume_id: str, backing: Moref | None = None) -> Moref | None:
+        """The VM that has the volume attached: Nova's ``volume-<id>`` extraConfig key.
+
+        One read of ``config.extraConfig`` across the inventory; the backing
+        itself (if given) is not counted.
+        """
+        key = _vm_name(volume_id)
+        vms = retrieve(
+            self.session,
+            [vms_under_root(self.session)],
+            {vim.VirtualMachine: ["config.extraConfig"]},
+        )
+        hits = sorted(
+            vm.ref
+            for vm in vms
+            if vm.ref != backing
+            and any(o.key == key for o in vm.props.get("config.extraConfig") or ())
+        )
+        if len(hits) > 1:
+            log.warning("volume %s is recorded on several VMs: %s", volume_id, hits)
+        return hits[0] if hits else None
+
+    def resolve(
+        self, volume_id: str, instance_uuid: str | None = None, *, find_attached: bool = False
+    ) -> tuple[VmInfo, VmInfo | None]:
+        """The volume's backing and its instance, with everything about both.
+
+        Three round trips at most, whatever the inventory size: find the
+        backing, find the instance (by ``instance_uuid``, or with
+        ``find_attached`` by scanning for the VM recording the volume), and
+        one read of both VMs.
+
+        Raises:
+            NotFound: no backing, or no VM with ``instance_uuid``.
+        """
+        backing = self.find_backing(volume_id)
+        if backing is None:
+            raise NotFound(
+                f"volume {volume_id} has no backing VM in vCenter",
+                hint="check the volume id; a volume never attached or written may have no backing",
+            )
+        instance: Moref | None = None
+        if instance_uuid:
+            instance = self.find_instance(instance_uuid)
+            if instance is None:
+                raise NotFound(
+                    f"instance {instance_uuid} is not in vCenter",
+                    hint="check the instance UUID (nova show)",
+                )
+        elif find_attached:
+            instance = self.find_attached_instance(volume_id, backing)
+        infos = self.get_vms([backing] if instance is None else [backing, instance])
+        return infos[0], (infos[1] if instance is not None else None)
+
+    def get_vm(self, vm: Moref) -> VmInfo:
+        return self.get_vms([vm])[0]
+
+    def get_vms(self, refs: Sequence[Moref]) -> list[VmInfo]:
+        """Everything about several VMs in one call, in the order asked.
+
+        Raises:
+            NotFound: one of them no longer exists.
+        """
+        found = retrieve(
+            self.session,
+            [Obj(self.session.mo(r)) for r in refs],
+            {vim.VirtualMachine: VM_PATHS},
+        )
+        by_ref = {f.ref: f for f in found}
+        missing = [r for r in refs if r not in by_ref]
+        if missing:
+            raise NotFound(f"VM {missing[0].value} no longer exists", hint="look it up again")
+        return [vm_info(r, by_ref[r].props) for r in refs]
+
+    def snapshot_disks(self, snapshot: Moref) -> tuple[Disk, ...]:
+        """The disks as the snapshot recorded them (its ``config`` devices)."""
+        found = retrieve(
+            self.session,
+            [Obj(self.session.mo(snapshot))],
+            {vim.vm.Snapshot: ["config.hardware.device"]},
+        )
+        if not found:
+            raise NotFound(f"snapshot {snapshot.value} no longer exists", hint="look it up again")
+        return disks_of(found[0].props.get("config.hardware.device"))
+
+    def get_host(self, host: Moref) -> HostInfo:
+        """A host, the root resource pool of its cluster and the datastores it sees."""
+        found = retrieve(
+            self.session,
+            [
+                Obj(
+                    self.session.mo(host),
+                    (
+                        Traverse(vim.HostSystem, "parent"),
+                        Traverse(vim.HostSystem, "datastore"),
+                    ),
+                )
+            ],
+            {
+                vim.HostSystem: ["name", "parent"],
+                vim.ComputeResource: ["resourcePool"],
+                vim.ClusterComputeResource: ["resourcePool"],
+                vim.Datastore: ["name", "summary.accessible"],
+            },
+        )
+        by_type: dict[str, list[Found]] = {}
+        for f in found:
+            by_type.setdefault(f.ref.type, []).append(f)
+        hosts = by_type.get("HostSystem", [])
+        parents = by_type.get("ClusterComputeResource", []) + by_type.get("ComputeResource", [])
+        if not hosts or not parents:
+            raise NotFound(f"host {host.value} no longer exists", hint="look it up again")
+        datastores = sorted(
+            (
+                DatastoreInfo(
+                    f.ref,
+                    str(f.props.get("name", "")),
+                    bool(f.props.get("summary.accessible", True)),
+                )
+                for f in by_type.get("Datastore", [])
+            ),
+            key=lambda d: d.name,
+        )
+        return HostInfo(
+            ref=host,
+            name=str(hosts[0].props.get("name", "")),
+            resource_pool=moref_of(parents[0].props["resourcePool"]),
+            datastores=tuple(datastores),
+        )
+
+    def datastore_named(self, name: str) -> Moref:
+        """A datastore by name (read once per VolumeOps)."""
+        return self._datastore_and_datacenter(name)[0]
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def start_create_snapshot(
+        self,
+        vm: Moref,
+        name: str,
+        description: str = "",
+        memory: bool = False,
+        quiesce: bool = False,
+    ) -> TaskRef:
+        return self._start(
+            vm,
+            "CreateSnapshot_Task",
+            name=name,
+            description=description,
+            memory=memory,
+            quiesce=quiesce,
+        )
+
+    def create_snapshot(
+        self,
+        vm: Moref,
+        name: str,
+        description: str = "",
+        memory: bool = False,
+        quiesce: bool = False,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Moref:
+        """Snapshot a VM; returns the new snapshot."""
+        task = self.start_create_snapshot(vm, name, description, memory, quiesce)
+        return moref_of(self.wait(task, timeout, on_progress))
+
+    def start_remove_snapshot(
+        self, snapshot: Moref, remove_children: bool = False, consolidate: bool = True
+    ) -> TaskRef:
+        return self._start(
+            snapshot, "RemoveSnapshot_Task", removeChildren=remove_children, consolidate=consolidate
+        )
+
+    def remove_snapshot(
+        self,
+        snapshot: Moref,
+        remove_children: bool = False,
+        consolidate: bool = True,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """Delete a snapshot; ``consolidate=False`` keeps every disk file and the chain."""
+        self.wait(
+            self.start_remove_snapshot(snapshot, remove_children, consolidate), timeout, on_progress
+        )
+
+    def start_revert_to_snapshot(self, snapshot: Moref) -> TaskRef:
+        return self._start(snapshot, "RevertToSnapshot_Task")
+
+    def revert_to_snapshot(
+        self,
+        snapshot: Moref,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        self.wait(self.start_revert_to_snapshot(snapshot), timeout, on_progress)
+
+    # -- moving and reconfiguring ------------------------------------------------
+
+    def start_relocate(
+        self,
+        vm: Moref,
+        *,
+        host: Moref | None = None,
+        pool: Moref | None = None,
+        datastore: Moref | None = None,
+        disk_move_type: str | None = None,
+        disks: Sequence[DiskLocator] = (),
+    ) -> TaskRef:
+        mo = self.session.mo
+        spec = vim.vm.RelocateSpec(
+            host=mo(host) if host else None,
+            pool=mo(pool) if pool else None,
+            datastore=mo(datastore) if datastore else None,
+            diskMoveType=disk_move_type,
+            disk=[
+                vim.vm.RelocateSpec.DiskLocator(
+                    diskId=d.disk_key, datastore=mo(d.datastore), diskMoveType=d.disk_move_type
+                )
+                for d in disks
+            ],
+        )
+        return self._start(vm, "RelocateVM_Task", spec)
+
+    def relocate(
+        self,
+        vm: Moref,
+        *,
+        host: Moref | None = None,
+        pool: Moref | None = None,
+        datastore: Moref | None = None,
+        disk_move_type: str | None = None,
+        disks: Sequence[DiskLocator] = (),
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """Move a VM to a host/pool/datastore, optionally per disk."""
+        task = self.start_relocate(
+            vm,
+            host=host,
+            pool=pool,
+            datastore=datastore,
+            disk_move_type=disk_move_type,
+            disks=disks,
+        )
+        self.wait(task, timeout, on_progress)
+
+    def start_reconfigure_disks(
+        self,
+        vm: Moref,
+        remove: Sequence[tuple[Disk, bool]] = (),
+        add: Sequence[DiskSpec] = (),
+        extra_config: Mapping[str, str] | None = None,
+    ) -> TaskRef:
+        changes = [_remove_disk(disk, destroy) for disk, destroy in remove]
+        changes += [_add_disk(spec, -(100 + i)) for i, spec in enumerate(add)]
+        spec = vim.vm.ConfigSpec(deviceChange=changes)
+        if extra_config:
+            spec.extraConfig = [
+                vim.option.OptionValue(key=k, value=v) for k, v in sorted(extra_config.items())
+            ]
+        if not changes and not extra_config:
+            raise InvalidInput("nothing to reconfigure", hint="pass disks to remove or add")
+        return self._start(vm, "ReconfigVM_Task", spec)
+
+    def reconfigure_disks(
+        self,
+        vm: Moref,
+        remove: Sequence[tuple[Disk, bool]] = (),
+        add: Sequence[DiskSpec] = (),
+        extra_config: Mapping[str, str] | None = None,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """Remove and add disks in ONE ReconfigVM (``remove``: (disk, destroy its files)).
+
+        Added disks attach existing VMDKs by path. ``extra_config`` sets
+        ``config.extraConfig`` keys in the same call (an empty value deletes one).
+        """
+        self.wait(self.start_reconfigure_disks(vm, remove, add, extra_config), timeout, on_progress)
+
+    def set_extra_config(
+        self, vm: Moref, values: Mapping[str, str], *, timeout: float | None = None
+    ) -> None:
+        self.reconfigure_disks(vm, extra_config=values, timeout=timeout)
+
+    def start_consolidate_disks(self, vm: Moref) -> TaskRef:
+        return self._start(vm, "ConsolidateVMDisks_Task")
+
+    def consolidate_disks(
+        self,
+        vm: Moref,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        """vSphere's own merge of leftover delta files (``ConsolidateVMDisks_Task``)."""
+        self.wait(self.start_consolidate_disks(vm), timeout, on_progress)
+
+    def start_delete_disk_file(self, path: str, datacenter: Moref | None = None) -> TaskRef:
+        if datacenter is None:
+            datacenter = self._datastore_and_datacenter(datastore_of(path))[1]
+        manager = self.session.content.virtualDiskManager
+        return self._start_on(
+            manager,
+            "DeleteVirtualDisk_Task",
+            f"DeleteVirtualDisk_Task {path}",
+            [self.session.mo(datacenter)],
+            name=path,
+            datacenter=self.session.mo(datacenter),
+        )
+
+    def delete_disk_file(
+        self, path: str, datacenter: Moref | None = None, *, timeout: float | None = None
+    ) -> None:
+        """Delete a VMDK (descriptor and data files) from its datastore."""
+        self.wait(self.start_delete_disk_file(path, datacenter), timeout)
+
+    # -- tasks ---------------------------------------------------------------------
+
+    def wait(
+        self,
+        task: TaskRef,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Any:
+        """Wait for one task (``timeout`` defaults to ``task_timeout``); return its result."""
+        return wait_for_task(
+            self.session, task, self.task_timeout if timeout is None else timeout, on_progress
+        )
+
+    def _start(self, target: Moref, method: str, *args: Any, **kwargs: Any) -> TaskRef:
+        mo = self.session.mo(target)
+        return self._start_on(mo, method, f"{method} on {target.value}", [mo], *args, **kwargs)
+
+    def _start_on(
+        self,
+        obj: Any,
+        method: str,
+        what: str,
+        entities: list[Any],
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> TaskRef:
+        check = self._started_check(method, entities)
+        task = self.session.invoke(obj, method, *args, started=check, **kwargs)
+        return TaskRef(moref_of(task), what)
+
+    def _started_check(self, method: str, entities: list[Any]) -> Callable[[datetime], Any]:
+        """How to tell, after a lost answer, whether ``method`` started a task.
+
+        Looks for a task of the same kind on the same object (or its VM),
+        queued since the call was sent, among vCenter's recent tasks.
+        """
+        kind = method.lower()[
+            :6
+        ]  # createSnapshot, remove..., relocate, reconfig..., consolidate...
+
+        def check(sent_at: datetime) -> Any:
+            session = self.session
+            targets = {moref_of(e) for e in entities}
+            snapshots = [e for e in entities if isinstance(e, vim.vm.Snapshot)]
+            if snapshots:
+                for f in retrieve(session, [Obj(s) for s in snapshots], {vim.vm.Snapshot: ["vm"]}):
+                    if f.props.get("vm") is not None:
+                        targets.add(moref_of(f.props["vm"]))
+            starts = [
+                Obj(session.content.taskManager, (Traverse(vim.TaskManager, "recentTask"),), True)
+            ]
+            starts += [
+                Obj(session.mo(t), (Traverse(vim.ManagedEntity, "recentTask"),), True)
+                for t in targets
+                if t.type == "VirtualMachine"
+            ]
+            for f in retrieve(session, starts, {vim.Task: _TASK_PATHS}):
+                entity = f.props.get("info.entity")
+                queued = f.props.get("info.queueTime")
+                described = str(f.props.get("info.descriptionId", "")).rsplit(".", 1)[-1]
+                if (
+                    entity is not None
+                    and moref_of(entity) in targets
+                    and described.lower().startswith(kind)
+                    and queued is not None
+                    and queued >= sent_at - _STARTED_SLACK
+                ):
+                    return f.obj
+            return None
+
+        return check
+
+    def _datastore_and_datacenter(self, name: str) -> tuple[Moref, Moref]:
+        with self._lock:
+            if self._datastores is None:
+                self._datastores = self._read_datastores()
+            known = self._datastores
+        if name not in known:
+            raise NotFound(f"no datastore named {name!r}", hint="check the datastore in the path")
+        return known[name]
+
+    def _read_datastores(self) -> dict[str, tuple[Moref, Moref]]:
+        session = self.session
+        folder = Traverse(
+            vim.Folder,
+            "childEntity",
+            name="dcfolder",
+            then=(Traverse(vim.Folder, "", name="dcfolder"), Traverse(vim.Datacenter, "datastore")),
+        )
+        found = retrieve(
+            session,
+            [Obj(session.content.rootFolder, (folder,), skip=True)],
+            {vim.Datacenter: ["datastore"], vim.Datastore: ["name"]},
+        )
+        names = {f.ref: str(f.props.get("name", "")) for f in found if f.ref.type == "Datastore"}
+        out: dict[str, tuple[Moref, Moref]] = {}
+        for f in found:
+            if f.ref.type == "Datacenter":
+                for ds in f.props.get("datastore") or ():
+                    ref = moref_of(ds)
+                    out[names.get(ref, ref.value)] = (ref, f.ref)
+        return out
+
+
+def _remove_disk(disk: Disk, destroy: bool) -> Any:
+    device = vim.vm.device.VirtualDisk(
+        key=disk.key,
+        controllerKey=disk.controller_key,
+        unitNumber=disk.unit,
+        capacityInKB=disk.capacity_kb,
+        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+            fileName=disk.path, diskMode=disk.mode
+        ),
+    )
+    return vim.vm.device.VirtualDeviceSpec(
+        operation="remove", device=device, fileOperation="destroy" if destroy else None
+    )
+
+
+def _add_disk(disk: DiskSpec, key: int) -> Any:
+    backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=disk.path, diskMode=disk.mode)
+    if disk.uuid:
+        backing.uuid = disk.uuid
+    device = vim.vm.device.VirtualDisk(
+        key=key,
+        controllerKey=disk.controller_key,
+        unitNumber=disk.unit,
+        capacityInKB=disk.capacity_kb,
+        backing=backing,
+    )
+    return vim.vm.device.VirtualDeviceSpec(operation="add", device=device)
