@@ -30,6 +30,11 @@ type soapCall struct {
 // fault, sent as a SOAP fault.
 type interceptor func(s *sim, call *soapCall) (types.ManagedObjectReference, types.BaseMethodFault)
 
+// passThrough is what an interceptor returns, as its fault, for a call it
+// leaves to the stock handler (e.g. a ReconfigVM_Task spec with settings we
+// do not model).
+type passThrough struct{ types.MethodFault }
+
 // interceptors maps SOAP method names to our handlers. Files that model a
 // behaviour register theirs in an init function.
 var interceptors = map[string]interceptor{}
@@ -75,6 +80,9 @@ func (s *sim) intercept(next http.Handler, w http.ResponseWriter, r *http.Reques
 	}
 	call := &soapCall{Name: method, This: decoded.This, Body: decoded.Body}
 	ref, fault := handler(s, call)
+	if _, ok := fault.(*passThrough); ok {
+		return false
+	}
 	if fault != nil {
 		writeFault(w, faultMessage(fault), fault)
 		return true

@@ -63,6 +63,23 @@ func taskID(method string) string {
 	return string(r)
 }
 
+// descriptionIDs are vCenter's info.descriptionId of the tasks we run
+// (others get "<entity type>.<taskID>").
+var descriptionIDs = map[string]string{
+	"CreateSnapshot_Task":          "VirtualMachine.createSnapshot",
+	"RemoveSnapshot_Task":          "vm.Snapshot.remove",
+	"RevertToSnapshot_Task":        "vm.Snapshot.revert",
+	"RevertToCurrentSnapshot_Task": "VirtualMachine.revertToCurrentSnapshot",
+	"RemoveAllSnapshots_Task":      "VirtualMachine.removeAllSnapshots",
+	"ConsolidateVMDisks_Task":      "VirtualMachine.consolidateDisks",
+	"RelocateVM_Task":              "VirtualMachine.relocate",
+	"CloneVM_Task":                 "VirtualMachine.clone",
+	"ReconfigVM_Task":              "VirtualMachine.reconfigure",
+	"PowerOnVM_Task":               "VirtualMachine.powerOn",
+	"PowerOffVM_Task":              "VirtualMachine.powerOff",
+	"Destroy_Task":                 "VirtualMachine.destroy",
+}
+
 // startTask creates a task on entity and runs it in the background: it is
 // "running" at once, reports progress, and after its duration calls run,
 // whose result or fault completes the task. run changes the model; it must
@@ -83,6 +100,10 @@ func (s *sim) startTask(entity types.ManagedObjectReference, method string, copy
 	name := entityName(entity)
 	simulator.Map.WithLock(task, func() {
 		task.Info.EntityName = name
+		task.Info.Name = method
+		if id, ok := descriptionIDs[method]; ok {
+			task.Info.DescriptionId = id
+		}
 	})
 	d := s.timing.duration(method, copyBytes)
 	update := func(changes ...types.PropertyChange) {
