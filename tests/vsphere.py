@@ -69,3 +69,77 @@ def disk_paths(si: Any, vm: Any) -> list[str]:
         for d in devices
         if isinstance(d, vim.vm.device.VirtualDisk)
     ]
+
+
+def watch_task(si: Any, task: Any, max_wait_seconds: int = 5) -> tuple[Any, list[tuple[str, Any]]]:
+    """Wait for a task with a property-collector filter, as vCenter clients do.
+
+    Returns the task's final ``info`` and every (state, progress) update seen
+    on the way, in order. ``max_wait_seconds`` is fixed, so requests stay the
+    same in cassettes.
+    """
+    pc = si.RetrieveContent().propertyCollector
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=task, skip=False)],
+        propSet=[
+            vmodl.query.PropertyCollector.PropertySpec(
+                type=vim.Task, pathSet=["info.state", "info.progress"], all=False
+            )
+        ],
+    )
+    pc_filter = pc.CreateFilter(spec, partialUpdates=False)
+    seen: list[tuple[str, Any]] = []
+    state, progress = "", None
+    version = ""
+    try:
+        for _ in range(200):
+            options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=max_wait_seconds)
+            update = pc.WaitForUpdatesEx(version, options)
+            if update is None:
+                continue
+            version = update.version
+            for fs in update.filterSet or []:
+                for oc in fs.objectSet or []:
+                    for change in oc.changeSet or []:
+                        if change.name == "info.state":
+                            state = str(change.val)
+                        elif change.name == "info.progress":
+                            progress = change.val
+                    seen.append((state, progress))
+            if state in ("success", "error"):
+                break
+    finally:
+        pc_filter.DestroyPropertyFilter()
+    return props(si, task, "info")["info"], seen
+
+
+def add_disk_change(
+    controller_key: int,
+    file_name: str,
+    unit: int | None = None,
+    file_operation: str | None = None,
+    capacity_kb: int = 0,
+) -> Any:
+    """A deviceChange entry adding a disk backed by ``file_name``."""
+    backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+        fileName=file_name, diskMode="persistent"
+    )
+    disk = vim.vm.device.VirtualDisk(
+        key=-100,
+        controllerKey=controller_key,
+        unitNumber=unit,
+        backing=backing,
+        capacityInKB=capacity_kb,
+    )
+    change: Any = vim.vm.device.VirtualDeviceSpec(operation="add", device=disk)
+    if file_operation:
+        change.fileOperation = file_operation
+    return change
+
+
+def remove_disk_change(disk: Any, file_operation: str | None = None) -> Any:
+    """A deviceChange entry removing ``disk`` (a device read from the VM)."""
+    change: Any = vim.vm.device.VirtualDeviceSpec(operation="remove", device=disk)
+    if file_operation:
+        change.fileOperation = file_operation
+    return change

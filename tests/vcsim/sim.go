@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -35,6 +36,7 @@ type sim struct {
 }
 
 func newSim(root string, client *vim25.Client) *sim {
+	simulator.Map.AddHandler(taskEntityFixer{})
 	return &sim{root: root, client: client, calls: map[string]int{}, total: map[string]int{}, timing: newTiming(),
 		faults: &faultSet{}, sessions: newSessionTracker()}
 }

@@ -17,6 +17,7 @@ import (
 	"unicode"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -227,3 +228,33 @@ func (t *timing) snapshot() map[string]interface{} {
 		"bytes_per_second": t.bytesPerSecond,
 	}
 }
+
+// taskEntityFixer corrects the entity of tasks the stock handlers create on
+// objects that are not managed entities (snapshots, the file and virtual disk
+// managers): pyVmomi 9 refuses to decode such a TaskInfo. Snapshot tasks get
+// their VM, as on vCenter; the others get no entity.
+type taskEntityFixer struct{}
+
+func (taskEntityFixer) Reference() types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "VmdkSnapTaskEntityFixer", Value: "fixer"}
+}
+
+func (taskEntityFixer) PutObject(obj mo.Reference) {
+	task, ok := obj.(*simulator.Task)
+	if !ok || task.Info.Entity == nil {
+		return
+	}
+	switch ref := *task.Info.Entity; ref.Type {
+	case "VirtualMachineSnapshot":
+		vm := taskEntity(ref)
+		task.Info.Entity = &vm
+		task.Info.EntityName = entityName(vm)
+	case "FileManager", "VirtualDiskManager", "VcenterVStorageObjectManager", "HostDatastoreBrowser":
+		task.Info.Entity = nil
+		task.Info.EntityName = ""
+	}
+}
+
+func (taskEntityFixer) UpdateObject(mo.Reference, []types.PropertyChange) {}
+
+func (taskEntityFixer) RemoveObject(types.ManagedObjectReference) {}
