@@ -39,8 +39,15 @@ func (s *sim) consolidate(vm *simulator.VirtualMachine) types.BaseMethodFault {
 	}
 	simulator.Map.WithLock(vm, func() {
 		s.applyMerges(vm, merges)
-		simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.consolidationNeeded", Val: types.NewBool(false)}})
+		setConsolidationNeeded(vm, false)
 	})
 	s.deleteUnused(before)
 	return nil
+}
+
+// setConsolidationNeeded sets runtime.consolidationNeeded and tells
+// property collectors. The caller holds the VM's lock.
+func setConsolidationNeeded(vm *simulator.VirtualMachine, needed bool) {
+	vm.Runtime.ConsolidationNeeded = types.NewBool(needed)
+	simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime", Val: vm.Runtime}})
 }

@@ -111,9 +111,9 @@ func (s *sim) removeSnapshots(vm *simulator.VirtualMachine, tree []types.Virtual
 		}
 		if consolidate {
 			s.applyMerges(vm, merges)
-			simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.consolidationNeeded", Val: types.NewBool(false)}})
+			setConsolidationNeeded(vm, false)
 		} else if len(removed) > 0 {
-			simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.consolidationNeeded", Val: types.NewBool(true)}})
+			setConsolidationNeeded(vm, true)
 		}
 	})
 	if consolidate {

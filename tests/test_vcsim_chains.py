@@ -1,0 +1,515 @@
+"""The simulator models disk chains like vCenter (issue 3, points 1-4, 7, 8).
+
+Each test drives the simulator with plain pyVmomi and checks what a user of
+vCenter would see: disk backings and their parents, snapshot configs, the
+files on the datastores and the data (tokens) each disk or snapshot holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyVmomi import vim
+
+from tests.conftest import Target
+from tests.vsphere import add_disk_change, connect, moref, props, remove_disk_change, watch_task
+from vmdk_snap.testing import Simulator
+
+
+@pytest.fixture
+def timing(vc: Target) -> Iterator[None]:
+    """Leave the simulator's default timing behind, whatever the test set."""
+    yield
+    vc.ctl.reset_timing()
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def _vm(si: Any, value: str) -> Any:
+    return moref(si, "VirtualMachine", value)
+
+
+def _run(si: Any, task: Any) -> Any:
+    """Wait for a task and return its info (success or error)."""
+    info, _ = watch_task(si, task)
+    return info
+
+
+def _ok(si: Any, task: Any) -> Any:
+    info = _run(si, task)
+    assert info.state == "success", info.error
+    return info
+
+
+def _disks(si: Any, obj: Any) -> list[Any]:
+    path = "config.hardware.device"
+    devices = props(si, obj, path)[path]
+    return [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+
+
+def _disk(si: Any, obj: Any, key: int) -> Any:
+    return next(d for d in _disks(si, obj) if d.key == key)
+
+
+def _chain(backing: Any) -> list[str]:
+    """A backing's file names, top first."""
+    out = []
+    while backing is not None:
+        out.append(str(backing.fileName))
+        backing = backing.parent
+    return out
+
+
+def _key_of(si: Any, vm: Any, vmdk: str) -> int:
+    """The device key of the VM's disk whose chain bottom is ``vmdk``."""
+    return int(next(d.key for d in _disks(si, vm) if _chain(d.backing)[-1] == vmdk))
+
+
+def _dir(path: str) -> str:
+    """ "[ds] a/b.vmdk" -> "[ds] a"."""
+    return path.rsplit("/", 1)[0]
+
+
+def _snapshot(si: Any, vm: Any, name: str, quiesce: bool = False) -> Any:
+    info = _ok(si, vm.CreateSnapshot_Task(name, "", False, quiesce))
+    return info.result
+
+
+def _tokens(vc: Target, vm: str, key: int) -> list[str]:
+    return vc.ctl.read_disk(vm, key)["tokens"]
+
+
+def _error(info: Any) -> Any:
+    assert info.state == "error"
+    return info.error
+
+
+# -- 1. snapshots make delta disks ---------------------------------------------
+
+
+@pytest.mark.cassette
+def test_snapshot_makes_delta_disks_in_the_vm_directory(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name = inst["name"]
+    vol_name = vol["name"]
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        root_key = _key_of(si, vm, inst["root_vmdk"])
+        vol_key = _key_of(si, vm, vol["vmdk"])
+        before = {d.key: d.backing.fileName for d in _disks(si, vm)}
+
+        info = _ok(si, vm.CreateSnapshot_Task("s1", "", False, False))
+        # The task's entity is the VM (pyVmomi 9 could read the whole info).
+        assert info.entity._moId == inst["moref"]
+        snap = info.result
+
+        after = {d.key: d for d in _disks(si, vm)}
+        root_delta = f"[ds-shared-1] {name}/{name}-000001.vmdk"
+        # The volume's delta goes into the instance's directory, not beside
+        # the volume's VMDK.
+        vol_delta = f"[ds-shared-1] {name}/{vol_name}-000001.vmdk"
+        assert _chain(after[root_key].backing) == [root_delta, inst["root_vmdk"]]
+        assert _chain(after[vol_key].backing) == [vol_delta, vol["vmdk"]]
+        assert after[vol_key].backing.uuid == vol["disk_uuid"]
+
+        # The snapshot's config keeps the old backings.
+        kept = {d.key: _chain(d.backing) for d in _disks(si, snap)}
+        assert kept == {k: [v] for k, v in before.items()}
+        tree = props(si, vm, "snapshot")["snapshot"]
+        assert tree.currentSnapshot._moId == snap._moId
+        assert [n.name for n in tree.rootSnapshotList] == ["s1"]
+
+    files = vc.ctl.files("ds-shared-1")
+    for delta in (root_delta, vol_delta):
+        assert delta in files
+        assert delta.replace(".vmdk", "-delta.vmdk") in files
+    # The guest writes into the delta; the snapshot and the backing keep
+    # the volume as it was.
+    assert vc.ctl.write(inst["moref"], vol_key, "after-s1") == vol_delta
+    seed = f"seed:{vol['id']}"
+    assert vc.ctl.read_disk(inst["moref"], vol_key) == {
+        "chain": [vol_delta, vol["vmdk"]],
+        "tokens": [seed, "after-s1"],
+    }
+    assert vc.ctl.read_snapshot(snap._moId, vol_key)["tokens"] == [seed]
+    # A file read follows the descriptors' parent hints.
+    assert vc.ctl.read_file(vol_delta)["chain"] == [vol_delta, vol["vmdk"]]
+    assert vc.ctl.read_file(vol["vmdk"])["tokens"] == [seed]
+
+
+@pytest.mark.live
+def test_delta_files_are_self_describing(vc: Target, simulator: Simulator) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        _snapshot(si, vm, "s1")
+        _snapshot(si, vm, "s2")
+        top = _disks(si, vm)[0].backing
+    assert simulator.info is not None
+    root = Path(simulator.info.root)
+    d2 = (root / "ds-shared-1" / top.fileName.split("] ", 1)[1]).read_text()
+    assert 'createType="vmfsSparse"' in d2
+    assert f'parentFileNameHint="{top.parent.fileName}"' in d2
+    assert "-000002-delta.vmdk" in d2
+    base = (root / "ds-shared-1" / vol["vmdk"].split("] ", 1)[1]).read_text()
+    assert 'createType="vmfs"' in base
+    assert "parentFileNameHint" not in base
+
+
+@pytest.mark.live
+def test_independent_disks_are_left_out_of_snapshots(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        disk = _disks(si, vm)[0]
+        controller = disk.controllerKey
+        extra = add_disk_change(
+            controller, f"{_dir(vol['vmdk'])}/scratch.vmdk", unit=3, file_operation="create"
+        )
+        extra.device.backing.diskMode = "independent_persistent"
+        extra.device.capacityInKB = 1024
+        _ok(si, vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[extra])))
+        modes = {d.backing.fileName: d.backing.diskMode for d in _disks(si, vm)}
+        assert modes[f"{_dir(vol['vmdk'])}/scratch.vmdk"] == "independent_persistent"
+
+        _snapshot(si, vm, "s1")
+
+        chains = {d.backing.diskMode: _chain(d.backing) for d in _disks(si, vm)}
+    assert chains["independent_persistent"] == [f"{_dir(vol['vmdk'])}/scratch.vmdk"]
+    assert len(chains["persistent"]) == 2
+    assert not any("scratch-0000" in f for f in vc.ctl.files("ds-shared-1"))
+
+
+@pytest.mark.live
+def test_snapshot_depth_is_limited_to_32(vc: Target, timing: None) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vc.ctl.set_task_time("CreateSnapshot_Task", 1)
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        for i in range(32):
+            _snapshot(si, vm, f"s{i}")
+        before = _chain(_disks(si, vm)[0].backing)
+        assert len(before) == 33
+
+        fault = _error(_run(si, vm.CreateSnapshot_Task("s32", "", False, False)))
+
+        assert isinstance(fault, vim.fault.TooManySnapshotLevels)
+        assert _chain(_disks(si, vm)[0].backing) == before
+
+
+@pytest.mark.cassette
+def test_quiesced_snapshot_needs_running_tools(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst = seeded["instances"][0]
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        fault = _error(_run(si, vm.CreateSnapshot_Task("q", "", False, True)))
+        assert isinstance(fault, vim.fault.ToolsUnavailable)
+        assert props(si, vm, "snapshot")["snapshot"] is None
+        assert all(len(_chain(d.backing)) == 1 for d in _disks(si, vm))
+
+        vc.ctl.set_tools(inst["moref"], True)
+        status = props(si, vm, "guest.toolsRunningStatus")["guest.toolsRunningStatus"]
+        assert status == "guestToolsRunning"
+        info = _ok(si, vm.CreateSnapshot_Task("q", "", False, True))
+        tree = props(si, vm, "snapshot")["snapshot"]
+        assert tree.rootSnapshotList[0].quiesced is True
+        assert tree.currentSnapshot._moId == info.result._moId
+
+
+# -- 2. removing snapshots -------------------------------------------------------
+
+
+@pytest.mark.cassette
+def test_remove_snapshot_consolidates_deltas_into_their_parents(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vmdk, seed = vol["vmdk"], f"seed:{vol['id']}"
+    d1, d2 = vmdk.replace(".vmdk", "-000001.vmdk"), vmdk.replace(".vmdk", "-000002.vmdk")
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        key = _disks(si, vm)[0].key
+        s1 = _snapshot(si, vm, "s1")
+        vc.ctl.write(vol["moref"], key, "t1")
+        s2 = _snapshot(si, vm, "s2")
+        vc.ctl.write(vol["moref"], key, "t2")
+        assert _chain(_disk(si, vm, key).backing) == [d2, d1, vmdk]
+
+        info = _ok(si, s2.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+        assert info.entity._moId == vol["moref"]
+        # The newest delta was merged into its parent, which is the top now.
+        assert _chain(_disk(si, vm, key).backing) == [d1, vmdk]
+        assert _tokens(vc, vol["moref"], key) == [seed, "t1", "t2"]
+        assert vc.ctl.read_snapshot(s1._moId, key)["tokens"] == [seed]
+        files = vc.ctl.files("ds-shared-1")
+        assert d2 not in files
+        assert d2.replace(".vmdk", "-delta.vmdk") not in files
+
+        _ok(si, s1.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+        assert _chain(_disk(si, vm, key).backing) == [vmdk]
+        got = props(si, vm, "snapshot", "runtime.consolidationNeeded")
+        assert got == {"snapshot": None, "runtime.consolidationNeeded": False}
+    assert _tokens(vc, vol["moref"], key) == [seed, "t1", "t2"]
+    assert not any("-00000" in f for f in vc.ctl.files("ds-shared-1") if vol["name"] in f)
+
+
+@pytest.mark.live
+def test_remove_snapshot_with_children_merges_everything(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        key = _disks(si, vm)[0].key
+        s1 = _snapshot(si, vm, "s1")
+        vc.ctl.write(vol["moref"], key, "t1")
+        _snapshot(si, vm, "s2")
+        vc.ctl.write(vol["moref"], key, "t2")
+
+        _ok(si, s1.RemoveSnapshot_Task(removeChildren=True, consolidate=True))
+
+        assert props(si, vm, "snapshot")["snapshot"] is None
+        assert _chain(_disk(si, vm, key).backing) == [vol["vmdk"]]
+    assert _tokens(vc, vol["moref"], key) == [f"seed:{vol['id']}", "t1", "t2"]
+
+
+@pytest.mark.live
+def test_remove_middle_snapshot_keeps_its_children(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vmdk, seed = vol["vmdk"], f"seed:{vol['id']}"
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        key = _disks(si, vm)[0].key
+        s1 = _snapshot(si, vm, "s1")
+        vc.ctl.write(vol["moref"], key, "t1")
+        s2 = _snapshot(si, vm, "s2")
+        vc.ctl.write(vol["moref"], key, "t2")
+
+        _ok(si, s1.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+
+        tree = props(si, vm, "snapshot")["snapshot"]
+        assert [n.snapshot._moId for n in tree.rootSnapshotList] == [s2._moId]
+        # s2's delta (t1) was merged into the base; s2 now is the base.
+        assert _chain(_disk(si, vm, key).backing) == [
+            vmdk.replace(".vmdk", "-000002.vmdk"),
+            vmdk,
+        ]
+        assert vc.ctl.read_snapshot(s2._moId, key) == {"chain": [vmdk], "tokens": [seed, "t1"]}
+    assert _tokens(vc, vol["moref"], key) == [seed, "t1", "t2"]
+
+
+@pytest.mark.cassette
+def test_remove_without_consolidate_then_consolidate_vm_disks(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vmdk, seed = vol["vmdk"], f"seed:{vol['id']}"
+    d1 = vmdk.replace(".vmdk", "-000001.vmdk")
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        key = _disks(si, vm)[0].key
+        s1 = _snapshot(si, vm, "s1")
+        vc.ctl.write(vol["moref"], key, "t1")
+
+        _ok(si, s1.RemoveSnapshot_Task(removeChildren=False, consolidate=False))
+
+        got = props(si, vm, "snapshot", "runtime.consolidationNeeded")
+        assert got == {"snapshot": None, "runtime.consolidationNeeded": True}
+        assert _chain(_disk(si, vm, key).backing) == [d1, vmdk]
+        assert d1 in vc.ctl.files("ds-shared-1")
+
+        info = _ok(si, vm.ConsolidateVMDisks_Task())
+        assert info.entity._moId == vol["moref"]
+        assert props(si, vm, "runtime.consolidationNeeded") == {
+            "runtime.consolidationNeeded": False
+        }
+        assert _chain(_disk(si, vm, key).backing) == [vmdk]
+    files = vc.ctl.files("ds-shared-1")
+    assert d1 not in files
+    assert d1.replace(".vmdk", "-delta.vmdk") not in files
+    assert _tokens(vc, vol["moref"], key) == [seed, "t1"]
+
+
+@pytest.mark.cassette
+def test_merge_into_a_file_another_vm_uses_is_file_locked(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        key = _key_of(si, vm, vol["vmdk"])
+        snap = _snapshot(si, vm, "s1")
+        vc.ctl.write(inst["moref"], key, "t1")
+        chain = _chain(_disk(si, vm, key).backing)
+        files = vc.ctl.files("ds-shared-1")
+
+        # Consolidating would merge the instance's delta into the volume's
+        # VMDK, which the backing VM uses.
+        info = _run(si, snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+
+        fault = _error(info)
+        assert isinstance(fault, vim.fault.FileLocked)
+        assert fault.file == vol["vmdk"]
+        assert info.entity._moId == inst["moref"]
+        # Nothing changed.
+        tree = props(si, vm, "snapshot")["snapshot"]
+        assert tree.currentSnapshot._moId == snap._moId
+        assert _chain(_disk(si, vm, key).backing) == chain
+    assert vc.ctl.files("ds-shared-1") == files
+    assert vc.ctl.read_file(vol["vmdk"])["tokens"] == [f"seed:{vol['id']}"]
+    assert _tokens(vc, inst["moref"], key) == [f"seed:{vol['id']}", "t1"]
+
+
+@pytest.mark.live
+def test_consolidate_vm_disks_refuses_to_merge_into_a_shared_file(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        key = _key_of(si, vm, vol["vmdk"])
+        snap = _snapshot(si, vm, "s1")
+        _ok(si, snap.RemoveSnapshot_Task(removeChildren=False, consolidate=False))
+        chain = _chain(_disk(si, vm, key).backing)
+
+        fault = _error(_run(si, vm.ConsolidateVMDisks_Task()))
+
+        assert isinstance(fault, vim.fault.FileLocked)
+        assert _chain(_disk(si, vm, key).backing) == chain
+        assert props(si, vm, "runtime.consolidationNeeded") == {"runtime.consolidationNeeded": True}
+
+
+# -- 3. revert ---------------------------------------------------------------------
+
+
+@pytest.mark.cassette
+def test_revert_puts_a_fresh_delta_on_the_snapshot_and_deletes_the_old_one(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vmdk, seed = vol["vmdk"], f"seed:{vol['id']}"
+    d1, d2 = vmdk.replace(".vmdk", "-000001.vmdk"), vmdk.replace(".vmdk", "-000002.vmdk")
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        key = _disks(si, vm)[0].key
+        s1 = _snapshot(si, vm, "s1")
+        vc.ctl.write(vol["moref"], key, "lost")
+
+        info = _ok(si, s1.RevertToSnapshot_Task())
+
+        assert info.entity._moId == vol["moref"]
+        assert _chain(_disk(si, vm, key).backing) == [d2, vmdk]
+        tree = props(si, vm, "snapshot")["snapshot"]
+        assert tree.currentSnapshot._moId == s1._moId
+    files = vc.ctl.files("ds-shared-1")
+    assert d1 not in files
+    assert d1.replace(".vmdk", "-delta.vmdk") not in files
+    assert d2 in files
+    assert _tokens(vc, vol["moref"], key) == [seed]
+
+
+@pytest.mark.live
+def test_revert_keeps_deltas_that_other_snapshots_use(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vmdk, seed = vol["vmdk"], f"seed:{vol['id']}"
+    d1 = vmdk.replace(".vmdk", "-000001.vmdk")
+    d2 = vmdk.replace(".vmdk", "-000002.vmdk")
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        key = _disks(si, vm)[0].key
+        s1 = _snapshot(si, vm, "s1")
+        vc.ctl.write(vol["moref"], key, "t1")
+        s2 = _snapshot(si, vm, "s2")
+        vc.ctl.write(vol["moref"], key, "t2")
+
+        _ok(si, s1.RevertToSnapshot_Task())
+
+        top = _chain(_disk(si, vm, key).backing)
+        assert top[1:] == [vmdk]
+        files = vc.ctl.files("ds-shared-1")
+        assert d1 in files  # s2 still needs it
+        assert d2 not in files  # discarded
+        assert vc.ctl.read_snapshot(s2._moId, key)["tokens"] == [seed, "t1"]
+        assert _tokens(vc, vol["moref"], key) == [seed]
+
+        _ok(si, vm.RevertToCurrentSnapshot_Task())
+        assert _tokens(vc, vol["moref"], key) == [seed]
+        _ok(si, vm.RemoveAllSnapshots_Task())
+        assert props(si, vm, "snapshot")["snapshot"] is None
+        assert _chain(_disk(si, vm, key).backing) == [vmdk]
+    assert [f for f in vc.ctl.files("ds-shared-1") if "-00000" in f and vol["name"] in f] == []
+
+
+# -- 4. relocation -------------------------------------------------------------------
+
+
+@pytest.mark.cassette
+def test_storage_vmotion_with_attached_volume_leaves_two_diverged_copies(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name, seed = inst["name"], f"seed:{vol['id']}"
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        backing = _vm(si, vol["moref"])
+        key = _key_of(si, vm, vol["vmdk"])
+        vc.ctl.write(inst["moref"], key, "before-move")
+        vc.ctl.reset_bytes_copied()
+        target = _datastore(si, "ds-shared-2")
+
+        info = _ok(si, vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=target)))
+
+        assert info.entity._moId == inst["moref"]
+        moved = f"[ds-shared-2] {name}/{vol['name']}.vmdk"
+        assert _chain(_disk(si, vm, key).backing) == [moved]
+        assert _disk(si, vm, key).backing.datastore._moId == target._moId
+        got = props(si, vm, "config.files.vmPathName", "datastore")
+        assert got["config.files.vmPathName"] == f"[ds-shared-2] {name}/{name}.vmx"
+        assert [ds._moId for ds in got["datastore"]] == [target._moId]
+        # The backing still points at the old copy.
+        assert [d.backing.fileName for d in _disks(si, backing)] == [vol["vmdk"]]
+
+    ds1, ds2_files = vc.ctl.files("ds-shared-1"), vc.ctl.files("ds-shared-2")
+    assert vol["vmdk"] in ds1
+    assert not any(f.startswith(f"[ds-shared-1] {name}/") for f in ds1)
+    assert moved in ds2_files
+    assert f"[ds-shared-2] {name}/{name}.vmx" in ds2_files
+    copied = vc.ctl.bytes_copied()
+    data = moved.replace(".vmdk", "-flat.vmdk")
+    assert copied["files"][data] == len(f"{seed}\nbefore-move\n")
+    assert copied["total"] >= copied["files"][data]
+
+    vc.ctl.write(inst["moref"], key, "after-move")
+    assert vc.ctl.read_disk(inst["moref"], key) == {
+        "chain": [moved],
+        "tokens": [seed, "before-move", "after-move"],
+    }
+    assert vc.ctl.read_file(vol["vmdk"])["tokens"] == [seed, "before-move"]
+
+
+def _datastore(si: Any, name: str) -> Any:
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datastore], True)
+    try:
+        for ds in props(si, view, "view")["view"]:
+            if props(si, ds, "name")["name"] == name:
+                return ds
+    finally:
+        view.DestroyView()
+    raise AssertionError(f"no datastore {name}")
+
+
+def _host(si: Any, name: str) -> Any:
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    try:
+        for host in props(si, view, "view")["view"]:
+            if props(si, host, "name")["name"] == name:
+                return host
+    finally:
+        view.DestroyView()
+    raise AssertionError(f"no host {name}")
