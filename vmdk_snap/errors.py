@@ -176,6 +176,8 @@ def fault_name(fault: Any) -> str:
 
 def _fault_message(fault: Any) -> str:
     msg = getattr(fault, "msg", None) or ""
+    if not msg or msg == fault_name(fault):
+        msg = getattr(fault, "reason", None) or ""
     if not msg:
         for item in getattr(fault, "faultMessage", None) or []:
             msg = getattr(item, "message", "") or ""

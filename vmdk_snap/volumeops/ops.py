@@ -8,11 +8,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from pyVmomi import vim
+from pyVmomi import VmomiSupport, vim
 
 from vmdk_snap.errors import InvalidInput, NotFound
 from vmdk_snap.session import Session
-from vmdk_snap.tasks import ProgressCallback, wait_for_task
+from vmdk_snap.tasks import ProgressCallback, wait_for_tasks
 from vmdk_snap.types import (
     DatastoreInfo,
     Disk,
@@ -254,7 +254,10 @@ class VolumeOps:
     ) -> Moref:
         """Snapshot a VM; returns the new snapshot."""
         task = self.start_create_snapshot(vm, name, description, memory, quiesce)
-        return moref_of(self.wait(task, timeout, on_progress))
+        snapshot = self.wait(task, timeout, on_progress)
+        if snapshot is None:
+            raise NotFound(f"{task.description} returned no snapshot", task=task)
+        return snapshot
 
     def start_remove_snapshot(
         self, snapshot: Moref, remove_children: bool = False, consolidate: bool = True
@@ -418,11 +421,25 @@ class VolumeOps:
         task: TaskRef,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
-    ) -> Any:
-        """Wait for one task (``timeout`` defaults to ``task_timeout``); return its result."""
-        return wait_for_task(
-            self.session, task, self.task_timeout if timeout is None else timeout, on_progress
+    ) -> Moref | None:
+        """Wait for one task (``timeout`` defaults to ``task_timeout``).
+
+        Returns:
+            The object the task made (e.g. the snapshot), or None.
+        """
+        return self.wait_all([task], timeout, on_progress)[0]
+
+    def wait_all(
+        self,
+        tasks: Sequence[TaskRef],
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[Moref | None]:
+        """Wait for several tasks on one filter; their results in order."""
+        results = wait_for_tasks(
+            self.session, tasks, self.task_timeout if timeout is None else timeout, on_progress
         )
+        return [_plain(r) for r in results]
 
     def _start(self, target: Moref, method: str, *args: Any, **kwargs: Any) -> TaskRef:
         mo = self.session.mo(target)
@@ -514,6 +531,11 @@ class VolumeOps:
                     ref = moref_of(ds)
                     out[names.get(ref, ref.value)] = (ref, f.ref)
         return out
+
+
+def _plain(result: Any) -> Moref | None:
+    """A task result as a Moref (the tasks we start return objects or nothing)."""
+    return moref_of(result) if isinstance(result, VmomiSupport.ManagedObject) else None
 
 
 def _remove_disk(disk: Disk, destroy: bool) -> Any:

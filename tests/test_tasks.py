@@ -1,0 +1,162 @@
+"""Task waits: one long-lived filter, exact round trips, kept faults, timeouts naming the task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Target
+from vmdk_snap.errors import FileLocked, TaskTimeout, fault_name
+from vmdk_snap.session import Session
+from vmdk_snap.tasks import wait_for_tasks
+from vmdk_snap.types import Moref, TaskRef
+from vmdk_snap.volumeops import VolumeOps
+
+
+def vm(value: str) -> Moref:
+    return Moref("VirtualMachine", value)
+
+
+@pytest.fixture
+def clean_sim(vc: Target) -> Iterator[Target]:
+    """Faults and timing are global in the simulator: reset them after the test."""
+    try:
+        yield vc
+    finally:
+        vc.ctl.clear_faults()
+        vc.ctl.reset_timing()
+
+
+@pytest.mark.cassette
+def test_a_task_op_costs_three_round_trips_with_its_wait(
+    vc: Target, session: Session, ops: VolumeOps
+) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    # The first wait of a session creates the collector, the view and the filter.
+    first = ops.create_snapshot(backing, "warm-up")
+
+    session.reset_calls()
+    second = ops.create_snapshot(backing, "counted")
+    assert session.calls == {"CreateSnapshot_Task": 1, "ModifyListView": 1, "WaitForUpdatesEx": 1}
+
+    # The next change drops the finished task from the view in the same call.
+    session.reset_calls()
+    ops.set_extra_config(backing, {"vmdk-snap-test": "x"})
+    assert session.calls == {"ReconfigVM_Task": 1, "ModifyListView": 1, "WaitForUpdatesEx": 1}
+
+    tree = ops.get_vm(backing)
+    names = [n.name for n in tree.all_snapshots()]
+    assert names == ["warm-up", "counted"]
+    assert [first, second] == [n.ref for n in tree.all_snapshots()]
+
+
+@pytest.mark.live
+def test_budget_counted_by_the_simulator(vc: Target, session: Session, ops: VolumeOps) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    ops.create_snapshot(backing, "warm-up")
+    vc.ctl.reset_calls()
+    for i in range(5):
+        ops.create_snapshot(backing, f"s{i}")
+    assert vc.ctl.calls() == {"CreateSnapshot_Task": 5, "ModifyListView": 5, "WaitForUpdatesEx": 5}
+
+
+@pytest.mark.cassette
+def test_one_filter_waits_for_several_tasks(vc: Target, session: Session, ops: VolumeOps) -> None:
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    backings = [vm(v["moref"]) for v in seeded["volumes"]]
+    tasks = [ops.start_create_snapshot(b, "together") for b in backings]
+    results = wait_for_tasks(session, tasks, timeout=30)
+    assert len(results) == 2
+    assert ops.wait_all(tasks) == [ops.get_vm(b).current_snapshot for b in backings]
+    assert session.calls["CreateFilter"] == 1
+    for backing in backings:
+        node = ops.get_vm(backing).snapshot_named("together")
+        assert node is not None
+
+
+@pytest.mark.cassette
+def test_task_fault_is_translated_and_kept(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.inject_fault("CreateSnapshot_Task", kind="task", fault="FileLocked", match=vol["moref"])
+    with pytest.raises(FileLocked) as err:
+        ops.create_snapshot(vm(vol["moref"]), "locked")
+    assert fault_name(err.value.fault) == "FileLocked"
+    assert err.value.task is not None
+    assert err.value.task.description == f"CreateSnapshot_Task on {vol['moref']}"
+    assert "CreateSnapshot_Task" in str(err.value)
+    assert err.value.hint
+    # The model is unchanged: no snapshot.
+    assert ops.get_vm(vm(vol["moref"])).snapshots == ()
+
+
+@pytest.mark.cassette
+def test_soap_fault_file_locked_is_not_retried(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.inject_fault("CreateSnapshot_Task", kind="soap", fault="FileLocked")
+    session.reset_calls()
+    with pytest.raises(FileLocked) as err:
+        ops.create_snapshot(vm(vol["moref"]), "locked")
+    assert fault_name(err.value.fault) == "FileLocked"
+    assert session.calls["CreateSnapshot_Task"] == 1
+
+
+@pytest.mark.live
+def test_task_exceeding_its_timeout_names_it(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.set_task_time("CreateSnapshot_Task", 3000)
+    with pytest.raises(TaskTimeout) as err:
+        ops.create_snapshot(vm(vol["moref"]), "slow", timeout=0.5)
+    task = err.value.task
+    assert task is not None
+    assert task.description == f"CreateSnapshot_Task on {vol['moref']}"
+    assert task.ref.value in str(err.value)
+    assert "CreateSnapshot_Task" in str(err.value)
+    assert "0.5 s" in str(err.value)
+    assert "\n" not in str(err.value)
+    # It is still running in vCenter; waiting longer sees it through.
+    snap = ops.wait(task, timeout=30)
+    node = ops.get_vm(vm(vol["moref"])).snapshot_named("slow")
+    assert node is not None
+    assert node.ref == snap
+
+
+@pytest.mark.live
+def test_progress_is_reported_while_a_task_runs(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.set_task_time("CreateSnapshot_Task", 1200)
+    seen: list[tuple[TaskRef, int]] = []
+    ops.create_snapshot(vm(vol["moref"]), "watched", on_progress=lambda t, p: seen.append((t, p)))
+    values = [p for _, p in seen]
+    assert values
+    assert values == sorted(values)
+    assert any(0 < p < 100 for p in values)
+    assert all(t.description.startswith("CreateSnapshot_Task") for t, _ in seen)
+
+
+@pytest.mark.live
+def test_closing_the_session_destroys_the_filter(vc: Target) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.reset_calls()
+    with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
+        VolumeOps(session).create_snapshot(vm(vol["moref"]), "s")
+    calls = vc.ctl.calls()
+    assert calls["CreatePropertyCollector"] == 1
+    assert calls["DestroyPropertyCollector"] == 1
+    assert calls["CreateListView"] == 1
+    assert calls["DestroyView"] == 1
+    assert calls["Logout"] == 1
