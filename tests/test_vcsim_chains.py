@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from tests.conftest import Target
 from tests.vsphere import add_disk_change, connect, moref, props, remove_disk_change, watch_task
@@ -513,3 +513,258 @@ def _host(si: Any, name: str) -> Any:
     finally:
         view.DestroyView()
     raise AssertionError(f"no host {name}")
+
+
+@pytest.mark.live
+def test_relocation_rewrites_every_path_of_a_chain_with_snapshots(
+    vc: Target, simulator: Simulator
+) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vmdk, seed = vol["vmdk"], f"seed:{vol['id']}"
+    rel = vmdk.split("] ", 1)[1]
+    new = f"[ds-shared-2] {rel}"
+    new_d1 = new.replace(".vmdk", "-000001.vmdk")
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        key = _disks(si, vm)[0].key
+        s1 = _snapshot(si, vm, "s1")
+        vc.ctl.write(vol["moref"], key, "t1")
+
+        _ok(si, vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=_datastore(si, "ds-shared-2"))))
+
+        assert _chain(_disk(si, vm, key).backing) == [new_d1, new]
+        assert _chain(_disk(si, s1, key).backing) == [new]
+        assert props(si, s1, "config.files.vmPathName")["config.files.vmPathName"].startswith(
+            "[ds-shared-2] "
+        )
+    assert simulator.info is not None
+    root = Path(simulator.info.root)
+    descriptor = (root / "ds-shared-2" / rel.replace(".vmdk", "-000001.vmdk")).read_text()
+    assert f'parentFileNameHint="{new}"' in descriptor
+    assert not (root / "ds-shared-1" / _dir(rel)).exists()
+    assert vc.ctl.read_file(new_d1) == {"chain": [new_d1, new], "tokens": [seed, "t1"]}
+    assert vc.ctl.read_snapshot(s1._moId, key)["tokens"] == [seed]
+
+
+@pytest.mark.live
+def test_move_child_most_disk_backing_moves_only_the_top(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vmdk, seed = vol["vmdk"], f"seed:{vol['id']}"
+    top = "[ds-shared-2] " + vmdk.split("] ", 1)[1].replace(".vmdk", "-000001.vmdk")
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        key = _disks(si, vm)[0].key
+        _snapshot(si, vm, "s1")
+        vc.ctl.write(vol["moref"], key, "t1")
+        spec = vim.vm.RelocateSpec(
+            datastore=_datastore(si, "ds-shared-2"), diskMoveType="moveChildMostDiskBacking"
+        )
+
+        _ok(si, vm.RelocateVM_Task(spec))
+
+        assert _chain(_disk(si, vm, key).backing) == [top, vmdk]
+    assert vmdk in vc.ctl.files("ds-shared-1")
+    assert vc.ctl.read_file(top) == {"chain": [top, vmdk], "tokens": [seed, "t1"]}
+
+
+@pytest.mark.parametrize(
+    ("move_type", "shared"),
+    [
+        ("moveAllDiskBackingsAndAllowSharing", True),
+        ("moveAllDiskBackingsAndDisallowSharing", False),
+    ],
+)
+@pytest.mark.live
+def test_sharing_of_parents_already_on_the_target(vc: Target, move_type: str, shared: bool) -> None:
+    """The instance's delta is on ds-shared-2, the volume it sits on is on
+    ds-shared-1; moving the instance back to ds-shared-1 may keep sharing
+    the volume's VMDK only when sharing is allowed."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name = inst["name"]
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        key = _key_of(si, vm, vol["vmdk"])
+        _snapshot(si, vm, "s1")
+        child_most = vim.vm.RelocateSpec(
+            datastore=_datastore(si, "ds-shared-2"), diskMoveType="moveChildMostDiskBacking"
+        )
+        _ok(si, vm.RelocateVM_Task(child_most))
+        assert _chain(_disk(si, vm, key).backing)[1] == vol["vmdk"]
+
+        back = vim.vm.RelocateSpec(datastore=_datastore(si, "ds-shared-1"), diskMoveType=move_type)
+        _ok(si, vm.RelocateVM_Task(back))
+
+        chain = _chain(_disk(si, vm, key).backing)
+    assert chain[0] == f"[ds-shared-1] {name}/{vol['name']}-000001.vmdk"
+    if shared:
+        assert chain[1] == vol["vmdk"]
+    else:
+        assert chain[1] == f"[ds-shared-1] {name}/{vol['name']}.vmdk"
+    assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == [f"seed:{vol['id']}"]
+
+
+@pytest.mark.live
+def test_disk_locators_and_disks_already_on_their_target(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name = inst["name"]
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        root_key = _key_of(si, vm, inst["root_vmdk"])
+        vol_key = _key_of(si, vm, vol["vmdk"])
+        ds1, ds2 = _datastore(si, "ds-shared-1"), _datastore(si, "ds-shared-2")
+        vc.ctl.reset_bytes_copied()
+        spec = vim.vm.RelocateSpec(
+            datastore=ds2,
+            disk=[vim.vm.RelocateSpec.DiskLocator(diskId=vol_key, datastore=ds1)],
+        )
+
+        _ok(si, vm.RelocateVM_Task(spec))
+
+        assert _chain(_disk(si, vm, root_key).backing) == [f"[ds-shared-2] {name}/{name}.vmdk"]
+        # The volume's disk was already on its target: not copied, still shared.
+        assert _chain(_disk(si, vm, vol_key).backing) == [vol["vmdk"]]
+        datastores = props(si, vm, "datastore")["datastore"]
+        assert sorted(ds._moId for ds in datastores) == sorted([ds1._moId, ds2._moId])
+    assert list(vc.ctl.bytes_copied()["files"]) == [f"[ds-shared-2] {name}/{name}-flat.vmdk"]
+
+
+@pytest.mark.live
+def test_host_that_cannot_see_the_datastore_is_refused(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    before = vc.ctl.files("ds-shared-1")
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        host_before = props(si, vm, "runtime.host")["runtime.host"]
+        spec = vim.vm.RelocateSpec(
+            host=_host(si, "DC0_C0_H1"), datastore=_datastore(si, "ds-local-h0")
+        )
+
+        with pytest.raises(vmodl.fault.InvalidArgument) as exc:
+            vm.RelocateVM_Task(spec)
+
+        assert "ds-local-h0" in str(exc.value.msg)
+        assert props(si, vm, "runtime.host")["runtime.host"]._moId == host_before._moId
+        assert _chain(_disks(si, vm)[0].backing) == [vol["vmdk"]]
+    assert vc.ctl.files("ds-shared-1") == before
+    assert vc.ctl.files("ds-local-h0") == []
+
+
+@pytest.mark.live
+def test_relocation_moves_host_and_pool(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        host = _host(si, "DC0_C0_H1")
+        pool = props(si, host, "parent")["parent"]
+        pool = props(si, pool, "resourcePool")["resourcePool"]
+
+        _ok(si, vm.RelocateVM_Task(vim.vm.RelocateSpec(host=host, pool=pool)))
+
+        got = props(si, vm, "runtime.host", "resourcePool")
+        assert got["runtime.host"]._moId == host._moId
+        assert got["resourcePool"]._moId == pool._moId
+        assert vm._moId in [v._moId for v in props(si, host, "vm")["vm"]]
+        assert _chain(_disks(si, vm)[0].backing) == [vol["vmdk"]]
+
+
+@pytest.mark.live
+def test_relocation_time_is_proportional_to_the_bytes_copied(vc: Target, timing: None) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    key = 2000
+    for i in range(20):
+        vc.ctl.write(vol["moref"], key, f"block-{i:04d}")
+    size = len("\n".join([f"seed:{vol['id']}"] + [f"block-{i:04d}" for i in range(20)])) + 1
+    vc.ctl.set_task_time("RelocateVM_Task", 0)
+    # The copy takes about two seconds at this rate: long enough to be seen
+    # running half way, asserted through progress, not wall time.
+    vc.ctl.set_copy_rate(size / 2)
+    vc.ctl.reset_bytes_copied()
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        task = vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=_datastore(si, "ds-shared-2")))
+        info, seen = watch_task(si, task)
+        assert info.state == "success"
+        assert ("running", 50) in seen
+    assert vc.ctl.bytes_copied()["total"] == size
+
+
+# -- 7/8. scenarios and the blueprint, by hand ------------------------------------------
+
+
+@pytest.mark.cassette
+def test_workflow2_scenario_has_diverged_copies(vc: Target) -> None:
+    seeded = vc.ctl.scenario("workflow2")
+    inst = seeded["instances"][0]
+    name = inst["name"]
+    assert inst["root_vmdk"] == f"[ds-shared-2] {name}/{name}.vmdk"
+    assert len(seeded["volumes"]) == 2
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        by_file = {_chain(d.backing)[-1]: d.key for d in _disks(si, vm)}
+        for vol in seeded["volumes"]:
+            backing = _vm(si, vol["moref"])
+            assert [d.backing.fileName for d in _disks(si, backing)] == [vol["vmdk"]]
+            assert vol["vmdk"].startswith("[ds-shared-1] ")
+            copy = f"[ds-shared-2] {name}/{vol['name']}.vmdk"
+            vid = vol["id"]
+            assert vc.ctl.read_disk(inst["moref"], by_file[copy])["tokens"] == [
+                f"seed:{vid}",
+                f"pre-move:{vid}",
+                f"post-move:{vid}",
+            ]
+            assert vc.ctl.read_file(vol["vmdk"])["tokens"] == [f"seed:{vid}", f"pre-move:{vid}"]
+    assert not any(name in f for f in vc.ctl.files("ds-shared-1"))
+
+
+@pytest.mark.cassette
+def test_blueprint_steps_by_hand_keep_the_volume_content_in_the_backing_snapshot(
+    vc: Target,
+) -> None:
+    """Snapshot the instance, snapshot the backing, give the backing the
+    instance's delta, remove the instance snapshot without consolidating:
+    the backing's snapshot must hold the volume as it was, whatever the
+    instance writes afterwards. This is what the workflow relies on."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    seed = f"seed:{vol['id']}"
+    with connect(vc) as si:
+        instance, backing = _vm(si, inst["moref"]), _vm(si, vol["moref"])
+        key = _key_of(si, instance, vol["vmdk"])
+        vc.ctl.write(inst["moref"], key, "t0")
+        content = _tokens(vc, inst["moref"], key)
+        assert content == [seed, "t0"]
+
+        inst_snap = _snapshot(si, instance, "snap-1")
+        backing_snap = _snapshot(si, backing, "snap-1")
+        inst_delta = _disk(si, instance, key).backing.fileName
+        old = _disks(si, backing)[0]
+        add = add_disk_change(old.controllerKey, inst_delta, unit=old.unitNumber)
+        add.device.capacityInKB = old.capacityInKB
+        spec = vim.vm.ConfigSpec(deviceChange=[remove_disk_change(old), add])
+        _ok(si, backing.ReconfigVM_Task(spec))
+        _ok(si, inst_snap.RemoveSnapshot_Task(removeChildren=False, consolidate=False))
+
+        assert [d.backing.fileName for d in _disks(si, backing)] == [inst_delta]
+        assert props(si, instance, "snapshot", "runtime.consolidationNeeded") == {
+            "snapshot": None,
+            "runtime.consolidationNeeded": True,
+        }
+        snap_key = _disks(si, backing_snap)[0].key
+        vc.ctl.write(inst["moref"], key, "t1")
+        assert vc.ctl.read_snapshot(backing_snap._moId, snap_key) == {
+            "chain": [vol["vmdk"]],
+            "tokens": content,
+        }
+        assert _tokens(vc, inst["moref"], key) == [seed, "t0", "t1"]
+        # Consolidating the instance now would merge into the file the
+        # backing's snapshot holds: refused.
+        fault = _error(_run(si, instance.ConsolidateVMDisks_Task()))
+        assert isinstance(fault, vim.fault.FileLocked)
+    assert vc.ctl.read_snapshot(backing_snap._moId, snap_key)["tokens"] == content
