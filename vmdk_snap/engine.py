@@ -88,6 +88,13 @@ class Context:
         if self.on_task is not None:
             self.on_task(task)
 
+    def settle(self, task: str | None) -> None:
+        """Before a check after a crash: wait for the task the dead process started.
+
+        ``task`` is the journaled task id (or None). The default does nothing;
+        contexts that talk to vCenter wait for it.
+        """
+
 
 C = TypeVar("C", bound=Context)
 
@@ -291,6 +298,7 @@ class Engine(Generic[C]):
                 # started, failed, undoing, undo_failed: ask vCenter.
                 rolling_back = rolling_back or rec.state in (jn.UNDOING, jn.UNDO_FAILED)
                 ctx.step_name = step.name
+                ctx.settle(rec.task)
                 changes = step.check(ctx)
                 state = jn.STEP_DONE if changes is not None else jn.SKIPPED
                 self.journal.step_state(record.id, index, state, changes=changes)

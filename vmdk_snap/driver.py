@@ -1,0 +1,367 @@
+"""The Cinder-facing API: snapshot, delete, revert and consolidate volumes.
+
+::
+
+    from vmdk_snap.driver import Driver, Volume
+
+    with Session(url, user, password, ca_file=ca) as session:
+        driver = Driver(session)                      # journal in the state dir
+        vol = Volume("3f2a...", status="in-use", instance_uuid="9c1e...")
+        driver.plan_snapshot(vol, "snapshot-5d1c", force=True)   # dry run
+        node = driver.create_snapshot(vol, "snapshot-5d1c", force=True)
+
+The driver keeps the state and the sanity checks (names, status, ``force``,
+idempotency, one workflow per volume at a time, interrupted workflows) and
+hands the work to a strategy (:mod:`vmdk_snap.strategies`), whose steps
+(:mod:`vmdk_snap.workflow`) run with the journal (:mod:`vmdk_snap.engine`).
+
+Status rules, as Cinder's: ``available`` -> snapshot the backing; ``in-use``
+-> refused unless ``force`` (then the attached workflow); any other status is
+refused. Revert only when ``available``. Deleting a snapshot that is gone is
+a logged no-op; creating a snapshot whose name exists returns the existing one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from vmdk_snap.engine import Engine, Plan, RecoveryResult, plan_of
+from vmdk_snap.errors import Busy, InvalidInput, InvalidState, NotFound, VmdkSnapError
+from vmdk_snap.journal import Journal
+from vmdk_snap.locks import VolumeLock
+from vmdk_snap.strategies import (
+    AttachedStrategy,
+    DetachedStrategy,
+    SnapshotStrategy,
+    VolumeState,
+    WorkflowSpec,
+    missing_snapshot,
+    stale_files,
+    volume_disk_of,
+)
+from vmdk_snap.types import SnapshotNode, datastore_of
+from vmdk_snap.volumeops import VolumeOps
+from vmdk_snap.workflow import OpsContext, build_steps, validate_snapshot_name
+
+__all__ = [
+    "Driver",
+    "Plan",
+    "RecoveryResult",
+    "Volume",
+    "VolumeState",
+    "validate_snapshot_name",
+]
+
+log = logging.getLogger(__name__)
+
+AVAILABLE = "available"
+IN_USE = "in-use"
+
+Progress = Callable[[str, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A Cinder volume as the driver is given it.
+
+    Args:
+        id: the volume id; ``volume-<id>`` is accepted too.
+        status: Cinder's status; ``None`` derives it from vCenter (``in-use``
+            when an instance records the volume in its ``extraConfig``).
+        instance_uuid: the instance it is attached to, if Cinder knows it.
+    """
+
+    id: str
+    status: str | None = None
+    instance_uuid: str | None = None
+
+    def __post_init__(self) -> None:
+        vid = self.id.strip()
+        if vid.startswith("volume-"):
+            vid = vid[len("volume-") :]
+        if not vid:
+            raise InvalidInput("the volume id is empty", hint="pass the Cinder volume id")
+        object.__setattr__(self, "id", vid)
+
+
+class Driver:
+    """Snapshots of Cinder VMDK volumes, attached or not, crash-safe.
+
+    Args:
+        session: a connected :class:`vmdk_snap.session.Session` (or a
+            :class:`~vmdk_snap.volumeops.VolumeOps` already built on one).
+        journal_path: the SQLite journal (default: the user's state dir,
+            see :func:`vmdk_snap.journal.default_journal_path`); the per-volume
+            lock files live beside it.
+        strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        journal_path: Path | None = None,
+        strategies: Mapping[str, SnapshotStrategy] | None = None,
+    ) -> None:
+        self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
+        self.journal = Journal(journal_path)
+        self._engine = Engine[OpsContext](self.journal)
+        self.strategies: dict[str, SnapshotStrategy] = {
+            AVAILABLE: DetachedStrategy(),
+            IN_USE: AttachedStrategy(),
+        }
+        self.strategies.update(strategies or {})
+
+    # -- reading -------------------------------------------------------------------
+
+    def describe(self, volume_id: str | Volume) -> VolumeState:
+        """The volume's backing, instance, chain and snapshots (reads only)."""
+        volume = volume_id if isinstance(volume_id, Volume) else Volume(volume_id)
+        state = self._state(volume)
+        names: dict[Any, str] = {}
+        for vm in (state.backing, state.instance):
+            if vm is not None and vm.host is not None and vm.host not in names:
+                names[vm.host] = self.ops.get_host(vm.host).name
+        inst = state.instance
+        return replace(
+            state,
+            backing_host=names.get(state.backing.host, ""),
+            instance_host=names.get(inst.host) if inst is not None else None,
+        )
+
+    def _state(self, volume: Volume) -> VolumeState:
+        find = volume.instance_uuid is None and volume.status != AVAILABLE
+        backing, instance = self.ops.resolve(volume.id, volume.instance_uuid, find_attached=find)
+        if len(backing.disks) != 1:
+            raise InvalidState(
+                f"backing {backing.name} of volume {volume.id} has {len(backing.disks)} disks",
+                hint="a Cinder backing has exactly one; check it in vCenter",
+            )
+        bdisk = backing.disks[0]
+        vdisk = volume_disk_of(volume.id, bdisk, instance) if instance is not None else None
+        if instance is not None and vdisk is None:
+            raise InvalidState(
+                f"instance {instance.name} has no disk for volume {volume.id}",
+                hint="the volume is not attached there; check the instance and Cinder's record",
+            )
+        status = volume.status or (IN_USE if instance is not None else AVAILABLE)
+        top = vdisk or bdisk
+        return VolumeState(
+            volume_id=volume.id,
+            backing=backing,
+            instance=instance,
+            status=status,
+            backing_disk=bdisk,
+            volume_disk=vdisk,
+            duplicated=vdisk is not None and vdisk.path != bdisk.path,
+            consolidation_needed=backing.consolidation_needed
+            or (instance is not None and instance.consolidation_needed),
+            chain_depth=top.depth,
+            backing_datastore=datastore_of(backing.vm_path_name),
+            instance_datastore=datastore_of(vdisk.path) if vdisk is not None else None,
+            stale_files=stale_files(backing, bdisk, vdisk) if vdisk is not None else (),
+        )
+
+    # -- plans (dry runs) -------------------------------------------------------
+
+    def plan_snapshot(self, volume: Volume, name: str, *, force: bool = False) -> Plan:
+        """What :meth:`create_snapshot` would do, step by step; changes nothing."""
+        validate_snapshot_name(name)
+        state = self._state(volume)
+        existing = state.backing.snapshot_named(name)
+        if existing is not None:
+            return Plan("snapshot", volume.id, (), (f"snapshot {name} exists: nothing to do",))
+        spec = self._strategy_for_snapshot(state, force).take(state, name, quiesce=False)
+        return self._plan(volume.id, spec)
+
+    def plan_consolidate(self, volume: Volume) -> Plan:
+        """What :meth:`consolidate` would do; changes nothing."""
+        state = self._state(volume)
+        if not state.duplicated:
+            return Plan("consolidate", volume.id, (), ("nothing to consolidate",))
+        return self._plan(volume.id, self._attached(state).consolidate(state))
+
+    def _plan(self, volume_id: str, spec: WorkflowSpec) -> Plan:
+        steps = build_steps(spec.kind, spec.params)
+        ctx = OpsContext(params=spec.params, ops=self.ops)
+        plan = plan_of(spec.kind, volume_id, steps, ctx)
+        return replace(plan, notes=plan.notes + spec.notes)
+
+    # -- changes ---------------------------------------------------------------------
+
+    def create_snapshot(
+        self,
+        volume: Volume,
+        name: str,
+        *,
+        force: bool = False,
+        quiesce: bool = False,
+        on_progress: Progress | None = None,
+    ) -> SnapshotNode:
+        """Snapshot the volume; the backing's snapshot is named ``name``.
+
+        Idempotent: if the backing already has a snapshot ``name``, it is
+        returned and nothing changes.
+
+        Raises:
+            InvalidInput: a bad name (nothing was changed).
+            InvalidState: the status does not allow it, or in-use without force.
+            Busy: another workflow holds the volume.
+            VmdkSnapError: a step failed; every completed step was undone.
+        """
+        validate_snapshot_name(name)
+        with self._locked(volume):
+            state = self._state(volume)
+            existing = state.backing.snapshot_named(name)
+            if existing is not None:
+                log.info("volume %s already has snapshot %s: returning it", volume.id, name)
+                return existing
+            strategy = self._strategy_for_snapshot(state, force)
+            spec = strategy.take(state, name, quiesce=quiesce)
+            for note in spec.notes:
+                log.info("%s", note)
+            ctx = self._run(volume.id, spec, on_progress)
+            backing = ctx.seen.get("backing") or self.ops.get_vm(state.backing.ref)
+            node = backing.snapshot_named(name)
+            if node is None:
+                backing = self.ops.get_vm(state.backing.ref)
+                node = backing.snapshot_named(name)
+            if node is None:  # pragma: no cover - the workflow checked it exists
+                raise NotFound(f"snapshot {name} vanished right after it was made")
+            return node
+
+    def delete_snapshot(self, volume: Volume, name: str) -> bool:
+        """Delete snapshot ``name``; False (a logged no-op) if it is already gone.
+
+        Detached volumes: ``consolidate=True``. Attached: ``consolidate=False``,
+        so nothing is merged into a file the instance uses; the files stay.
+        """
+        validate_snapshot_name(name)
+        with self._locked(volume):
+            state = self._state(volume)
+            node = state.backing.snapshot_named(name)
+            if node is None:
+                log.info("volume %s has no snapshot %s: nothing to delete", volume.id, name)
+                return False
+            self._check_status(state)
+            spec = self.strategies[state.status].delete(state, node)
+            for note in spec.notes:
+                log.info("%s", note)
+            self._run(volume.id, spec, None)
+            return True
+
+    def revert_to_snapshot(self, volume: Volume, name: str) -> None:
+        """Revert the volume to snapshot ``name``; only when it is available."""
+        validate_snapshot_name(name)
+        with self._locked(volume):
+            state = self._state(volume)
+            self._check_status(state)
+            if state.status != AVAILABLE:
+                who = state.instance.instance_uuid if state.instance else "an instance"
+                raise InvalidState(
+                    f"volume {volume.id} is in-use by instance {who}; a snapshot can only be "
+                    "reverted while the volume is available, as Cinder does",
+                    hint="detach the volume first, then revert",
+                )
+            node = state.backing.snapshot_named(name)
+            if node is None:
+                raise missing_snapshot(volume.id, name)
+            self._run(volume.id, self.strategies[AVAILABLE].revert(state, node), None)
+
+    def consolidate(self, volume: Volume) -> None:
+        """Re-join the backing with the attached instance's newer copy, if it moved."""
+        with self._locked(volume):
+            state = self._state(volume)
+            if not state.duplicated:
+                log.info("volume %s: nothing to consolidate", volume.id)
+                return
+            self._run(volume.id, self._attached(state).consolidate(state), None)
+
+    def recover(self) -> list[RecoveryResult]:
+        """Finish or roll back every interrupted workflow in the journal.
+
+        A workflow whose volume is locked by a live process is left alone
+        (``busy``); one that cannot be recovered now stays in the journal
+        (``failed``) for the next try.
+        """
+        results = []
+        for record in self.journal.unfinished():
+            lock = VolumeLock(self.journal.directory, record.volume)
+            try:
+                lock.acquire()
+            except Busy as exc:
+                results.append(
+                    RecoveryResult(record.id, record.kind, record.volume, "busy", str(exc))
+                )
+                continue
+            try:
+                steps = build_steps(record.kind, record.params)
+                ctx = OpsContext(params=dict(record.params), ops=self.ops)
+                outcome = self._engine.resume(record, steps, ctx)
+                results.append(RecoveryResult(record.id, record.kind, record.volume, outcome))
+                log.info("recovered %s of volume %s: %s", record.kind, record.volume, outcome)
+            except VmdkSnapError as exc:
+                log.warning("could not recover workflow %s: %s", record.id, exc)
+                results.append(
+                    RecoveryResult(record.id, record.kind, record.volume, "failed", str(exc))
+                )
+            finally:
+                lock.release()
+        return results
+
+    # -- internals -----------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, volume: Volume) -> Iterator[None]:
+        with VolumeLock(self.journal.directory, volume.id):
+            pending = [r for r in self.journal.unfinished() if r.volume == volume.id]
+            if pending:
+                raise InvalidState(
+                    f"volume {volume.id} has an interrupted {pending[0].kind} workflow "
+                    f"({pending[0].id})",
+                    hint="run `vmdk-snap recover` first",
+                )
+            yield
+
+    def _run(self, volume_id: str, spec: WorkflowSpec, on_progress: Progress | None) -> OpsContext:
+        steps = build_steps(spec.kind, spec.params)
+        ctx = OpsContext(params=spec.params, on_progress=on_progress, ops=self.ops)
+        self._engine.run(spec.kind, volume_id, steps, ctx)
+        return ctx
+
+    def _check_status(self, state: VolumeState) -> None:
+        if state.status not in (AVAILABLE, IN_USE):
+            raise InvalidState(
+                f"volume {state.volume_id} is {state.status!r}; "
+                "snapshots need it 'available' or 'in-use'",
+                hint="wait until Cinder shows it available or in-use",
+            )
+        if state.status == IN_USE and state.instance is None:
+            raise InvalidState(
+                f"volume {state.volume_id} is in-use but no instance in vCenter has it attached",
+                hint="pass the instance UUID, or check the attachment in Nova",
+            )
+
+    def _strategy_for_snapshot(self, state: VolumeState, force: bool) -> SnapshotStrategy:
+        self._check_status(state)
+        if state.status == IN_USE and not force:
+            who = state.instance.instance_uuid if state.instance else "an instance"
+            raise InvalidState(
+                f"volume {state.volume_id} is in-use by instance {who}",
+                hint="pass --force to snapshot it while attached",
+            )
+        return self.strategies[state.status]
+
+    def _attached(self, state: VolumeState) -> AttachedStrategy:
+        strategy = self.strategies[IN_USE]
+        if state.instance is None or not isinstance(strategy, AttachedStrategy):
+            raise InvalidState(
+                f"volume {state.volume_id} is not attached: there is nothing to consolidate",
+                hint="consolidation re-joins an attached volume's copies",
+            )
+        return strategy
