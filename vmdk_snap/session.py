@@ -419,6 +419,9 @@ class Session:
                 # Another thread may have logged in again already.
                 if self._generation == generation:
                     log.info("session to %s expired; logging in again", self.url)
+                    # Log in as a new session: vCenter refuses Login on a
+                    # session it still knows.
+                    self._stub.cookie = ""
                     self._login()
         try:
             return self._call_once(obj, method, args, kwargs)
