@@ -116,7 +116,8 @@ def test_count_skip_and_match_select_the_calls_that_fail(vc: Target, faults: Non
             "HostCommunication",
             count=2,
             skip=1,
-            match=seeded["instances"][0]["moref"],
+            # The body's text, delimited so that vm-4 does not match vm-42.
+            match=f">{seeded['instances'][0]['moref']}<",
         )
         outcomes = []
         for i, target in enumerate([vm, other, vm, vm, other, vm]):

@@ -43,7 +43,9 @@ def _reconfig_spec(key: str, value: str) -> Any:
 @pytest.mark.cassette
 def test_task_runs_asynchronously_for_the_time_set(vc: Target, timing: None) -> None:
     seeded = vc.ctl.scenario("attached-volume")
-    vc.ctl.set_task_time("ReconfigVM_Task", 400)
+    # Long enough that the first progress step (a quarter of it) cannot
+    # pass before the first read, even on a loaded machine.
+    vc.ctl.set_task_time("ReconfigVM_Task", 1000)
     with connect(vc) as si:
         vm = _instance(si, seeded)
         task = vm.ReconfigVM_Task(_reconfig_spec("vmdk-snap.test", "async"))
@@ -56,13 +58,14 @@ def test_task_runs_asynchronously_for_the_time_set(vc: Target, timing: None) -> 
         info, seen = watch_task(si, task)
 
         assert info.state == "success"
+        assert info.entity == vm
         assert seen[0] == ("running", 0)
         assert seen[-1] == ("success", 100)
         # Progress moves while the task runs, observed through WaitForUpdatesEx.
         running = [p for state, p in seen if state == "running"]
         assert any(0 < p < 100 for p in running), seen
         assert running == sorted(running)
-        assert (info.completeTime - info.startTime).total_seconds() >= 0.4
+        assert (info.completeTime - info.startTime).total_seconds() >= 1.0
         assert info.queueTime <= info.startTime
         extra = props(si, vm, "config.extraConfig")["config.extraConfig"]
         assert {o.key: o.value for o in extra}["vmdk-snap.test"] == "async"

@@ -100,7 +100,9 @@ func (s *sim) startTask(entity types.ManagedObjectReference, method string, copy
 	})
 	name := entityName(entity)
 	simulator.Map.WithLock(task, func() {
-		task.Info.EntityName = name
+		if task.Info.Entity != nil {
+			task.Info.EntityName = name
+		}
 		task.Info.Name = method
 		if id, ok := descriptionIDs[method]; ok {
 			task.Info.DescriptionId = id
