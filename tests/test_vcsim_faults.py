@@ -103,6 +103,18 @@ def test_task_fault_ends_the_task_in_error_and_changes_nothing(vc: Target, fault
         assert info.descriptionId == "VirtualMachine.powerOff"
         assert props(si, vm, "runtime.powerState")["runtime.powerState"] == "poweredOn"
 
+        # Called on a snapshot, the failing task still names the VM.
+        created, _ = watch_task(si, vm.CreateSnapshot_Task("kept", "", False, False))
+        assert created.state == "success", created.error
+        vc.ctl.inject_fault("RemoveSnapshot_Task", "task", "TaskInProgress")
+        info, _ = watch_task(si, created.result.RemoveSnapshot_Task(False, True))
+        assert info.state == "error"
+        assert isinstance(info.error, vim.fault.TaskInProgress)
+        assert (info.entity, info.descriptionId) == (vm, "vm.Snapshot.remove")
+        tree = props(si, vm, "snapshot.rootSnapshotList")["snapshot.rootSnapshotList"]
+        assert [n.name for n in tree] == ["kept"]
+        assert disk_paths(si, vm) != disks_before  # the snapshot's deltas are still there
+
 
 @pytest.mark.cassette
 def test_count_skip_and_match_select_the_calls_that_fail(vc: Target, faults: None) -> None:
