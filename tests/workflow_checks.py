@@ -1,0 +1,144 @@
+"""What the workflow tests look at: the simulator's own view of VMs and files.
+
+Chains, tokens and files come from the simulator's control API (what is on
+the datastores), snapshot trees from the property collector through
+volumeops (its reads are tested in tests/test_volumeops.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Target
+from vmdk_snap.driver import Driver
+from vmdk_snap.types import Moref, SnapshotNode, datastore_of
+
+DATASTORES = ("ds-shared-1", "ds-shared-2", "ds-local-h0")
+DELTA_RE = re.compile(r"-\d{6}\.vmdk$")
+
+
+def vm(value: str) -> Moref:
+    return Moref("VirtualMachine", value)
+
+
+def tree(nodes: tuple[SnapshotNode, ...]) -> tuple[Any, ...]:
+    """A snapshot tree as nested (name, children) tuples, for comparisons."""
+    return tuple((n.name, tree(n.children)) for n in nodes)
+
+
+def snapshot_trees(ops: Any, *morefs: str) -> list[tuple[Any, ...]]:
+    return [tree(info.snapshots) for info in ops.get_vms([vm(m) for m in morefs])]
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything a rollback must restore, for a set of VMs."""
+
+    chains: dict[str, Any]  # moref -> the simulator's chain view
+    trees: list[tuple[Any, ...]]
+    files: frozenset[str]
+
+    def disks(self, moref: str) -> dict[int, dict[str, Any]]:
+        """Current disks (not snapshots') of a VM: key -> {chain, tokens}."""
+        return {d["disk"]: d for d in self.chains[moref]["disks"] if not d.get("snapshot")}
+
+
+def world(vc: Target, ops: Any, *morefs: str) -> World:
+    return World(
+        chains={m: vc.ctl.chain(m) for m in morefs},
+        trees=snapshot_trees(ops, *morefs),
+        files=frozenset(f for ds in DATASTORES for f in vc.ctl.files(ds)),
+    )
+
+
+def descriptors(files: frozenset[str]) -> set[str]:
+    """Disk descriptors among datastore files (not -flat/-delta data files)."""
+    return {
+        f for f in files if f.endswith(".vmdk") and not f.endswith(("-flat.vmdk", "-delta.vmdk"))
+    }
+
+
+def referenced(vc: Target, morefs: list[str]) -> set[str]:
+    """Every file any chain (current or snapshot) of these VMs references."""
+    out: set[str] = set()
+    for m in morefs:
+        for d in vc.ctl.chain(m)["disks"]:
+            out.update(d["chain"])
+    return out
+
+
+def all_vms(vc: Target, seeded: dict[str, Any]) -> list[str]:
+    return [i["moref"] for i in seeded["instances"]] + [v["moref"] for v in seeded["volumes"]]
+
+
+def assert_files_consistent(vc: Target, seeded: dict[str, Any]) -> None:
+    """Every referenced file exists; every disk of the scenario's dirs is referenced."""
+    morefs = all_vms(vc, seeded)
+    files = frozenset(f for ds in DATASTORES for f in vc.ctl.files(ds))
+    refs = referenced(vc, morefs)
+    missing = refs - files
+    assert not missing, f"chains reference missing files: {sorted(missing)}"
+    names = [i["name"] for i in seeded["instances"]] + [v["name"] for v in seeded["volumes"]]
+    ours = {f for f in descriptors(files) if any(f"] {n}/" in f for n in names)}
+    stray = ours - refs
+    assert not stray, f"disk files no chain uses: {sorted(stray)}"
+
+
+def volume_disk_key(ops: Any, seeded_volume: dict[str, Any], instance: str) -> int:
+    info = ops.get_vm(vm(instance))
+    disk = info.disk_by_uuid(seeded_volume["disk_uuid"])
+    assert disk is not None
+    return int(disk.key)
+
+
+def make_driver(ops: Any, tmp_path: Path) -> Driver:
+    return Driver(ops, journal_path=tmp_path / "state" / "journal.sqlite")
+
+
+def assert_forced_snapshot_invariants(
+    vc: Target,
+    ops: Any,
+    seeded: dict[str, Any],
+    *,
+    volume: dict[str, Any],
+    instance: dict[str, Any],
+    node: SnapshotNode,
+    instance_tree_before: tuple[Any, ...],
+    backing_tree_before: tuple[Any, ...],
+    tokens_at_snapshot: list[str],
+) -> None:
+    """The issue's invariants after a successful forced snapshot."""
+    backing_info, instance_info = ops.get_vms([vm(volume["moref"]), vm(instance["moref"])])
+    # The instance's snapshot tree is what it was.
+    assert tree(instance_info.snapshots) == instance_tree_before
+    # The backing has exactly one new snapshot, with the name.
+    assert tree(backing_info.snapshots) == _with_leaf(backing_tree_before, node.name)
+    # Backing and instance share the volume's current top file, on the
+    # instance's host and datastore.
+    key = volume_disk_key(ops, volume, instance["moref"])
+    inst_disk = next(d for d in instance_info.disks if d.key == key)
+    (backing_disk,) = backing_info.disks
+    assert backing_disk.path == inst_disk.path
+    assert backing_disk.chain == inst_disk.chain
+    assert backing_info.host == instance_info.host
+    assert datastore_of(backing_info.vm_path_name) == datastore_of(inst_disk.path)
+    # The snapshot holds the content at the moment of the snapshot ...
+    held = vc.ctl.read_snapshot(node.ref.value, backing_disk.key)
+    assert held["tokens"] == tokens_at_snapshot
+    # ... and later writes through the instance do not change it.
+    vc.ctl.write(instance["moref"], key, "after-snapshot")
+    assert vc.ctl.read_snapshot(node.ref.value, backing_disk.key)["tokens"] == tokens_at_snapshot
+    now = vc.ctl.read_disk(volume["moref"], backing_disk.key)["tokens"]
+    assert now == [*tokens_at_snapshot, "after-snapshot"]
+    assert_files_consistent(vc, seeded)
+
+
+def _with_leaf(before: tuple[Any, ...], name: str) -> tuple[Any, ...]:
+    """The tree with a new snapshot under the deepest last node (the current one)."""
+    if not before:
+        return ((name, ()),)
+    *rest, (last, children) = before
+    return (*rest, (last, _with_leaf(children, name)))
