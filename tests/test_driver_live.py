@@ -142,7 +142,7 @@ def test_forced_snapshot_of_attached_volume(
 def test_forced_snapshot_invariants_without_consolidation(
     vc: Target, ops: Any, tmp_path: Path
 ) -> None:
-    seeded, got = _forced(vc, ops, make_driver(ops, tmp_path), "attached-volume")
+    seeded, _got = _forced(vc, ops, make_driver(ops, tmp_path), "attached-volume")
     info = ops.get_vm(vm(seeded["instances"][0]["moref"]))
     # The temporary snapshot's deltas stay (consolidate=False), by design.
     assert info.consolidation_needed
@@ -259,7 +259,7 @@ def test_volume_with_earlier_snapshots(vc: Target, ops: Any, tmp_path: Path) -> 
 
 @pytest.mark.live
 def test_quiesced_forced_snapshot(vc: Target, ops: Any, tmp_path: Path) -> None:
-    seeded, got = _forced(vc, ops, make_driver(ops, tmp_path), "attached-volume", quiesce=True)
+    _seeded, got = _forced(vc, ops, make_driver(ops, tmp_path), "attached-volume", quiesce=True)
     assert got["node"].name == "snapshot-1"
 
 
@@ -332,7 +332,7 @@ def test_delete_snapshot_of_attached_volume_keeps_files(
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
     chain_before = vc.ctl.read_disk(inst["moref"], got["key"])
     assert driver.delete_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "snapshot-1")
-    backing, instance = ops.get_vms([vm(vol["moref"]), vm(inst["moref"])])
+    backing, _instance = ops.get_vms([vm(vol["moref"]), vm(inst["moref"])])
     assert backing.snapshots == ()
     # Nothing was merged into a file the instance uses: same chain, same data.
     assert vc.ctl.read_disk(inst["moref"], got["key"]) == chain_before
