@@ -768,3 +768,28 @@ def test_blueprint_steps_by_hand_keep_the_volume_content_in_the_backing_snapshot
         fault = _error(_run(si, instance.ConsolidateVMDisks_Task()))
         assert isinstance(fault, vim.fault.FileLocked)
     assert vc.ctl.read_snapshot(backing_snap._moId, snap_key)["tokens"] == content
+
+
+@pytest.mark.live
+def test_remove_snapshot_merges_only_its_own_deltas(vc: Target) -> None:
+    """A merge left pending (and locked: it would write into the volume's
+    VMDK) does not stop a later snapshot's removal from consolidating its
+    own delta; the VM still needs consolidation afterwards."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name = inst["name"]
+    d1 = f"[ds-shared-1] {name}/{vol['name']}-000001.vmdk"
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        key = _key_of(si, vm, vol["vmdk"])
+        s1 = _snapshot(si, vm, "s1")
+        _ok(si, s1.RemoveSnapshot_Task(removeChildren=False, consolidate=False))
+        s2 = _snapshot(si, vm, "s2")
+        vc.ctl.write(inst["moref"], key, "t2")
+
+        _ok(si, s2.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+
+        assert _chain(_disk(si, vm, key).backing) == [d1, vol["vmdk"]]
+        assert props(si, vm, "runtime.consolidationNeeded") == {"runtime.consolidationNeeded": True}
+    assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == [f"seed:{vol['id']}", "t2"]
+    assert d1.replace("-000001", "-000002") not in vc.ctl.files("ds-shared-1")

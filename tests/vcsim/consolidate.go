@@ -33,7 +33,7 @@ func (s *sim) consolidate(vm *simulator.VirtualMachine) types.BaseMethodFault {
 		kept[snap.Self] = true
 	}
 	before := vmFiles(vm)
-	merges := planMerges(chainsAfter(vm, kept))
+	merges := planMerges(chainsAfter(vm, kept), nil)
 	if fault := checkMerges(vm, merges); fault != nil {
 		return fault
 	}

@@ -42,7 +42,7 @@ func removeSnapshot(s *sim, call *soapCall) (types.ManagedObjectReference, types
 			return nil, &types.ManagedObjectNotFound{Obj: snap.Self}
 		}
 		tree := withoutNode(vm.Snapshot.RootSnapshotList, snap.Self, req.RemoveChildren)
-		return nil, s.removeSnapshots(vm, tree, consolidate)
+		return nil, s.removeSnapshots(vm, tree, consolidate, false)
 	}), nil
 }
 
@@ -57,14 +57,16 @@ func removeAllSnapshots(s *sim, call *soapCall) (types.ManagedObjectReference, t
 	}
 	consolidate := req.Consolidate == nil || *req.Consolidate
 	return s.startTask(vm.Self, call.Name, 0, func() (types.AnyType, types.BaseMethodFault) {
-		return nil, s.removeSnapshots(vm, nil, consolidate)
+		return nil, s.removeSnapshots(vm, nil, consolidate, true)
 	}), nil
 }
 
 // removeSnapshots replaces vm's snapshot tree by tree (the old one less
-// the removed snapshots), consolidating when asked. On a fault nothing has
+// the removed snapshots), consolidating when asked: the deltas the removed
+// snapshots left unneeded, or, with all, every delta the VM does not need
+// (merges left pending by earlier removals too). On a fault nothing has
 // changed.
-func (s *sim) removeSnapshots(vm *simulator.VirtualMachine, tree []types.VirtualMachineSnapshotTree, consolidate bool) types.BaseMethodFault {
+func (s *sim) removeSnapshots(vm *simulator.VirtualMachine, tree []types.VirtualMachineSnapshotTree, consolidate, all bool) types.BaseMethodFault {
 	var oldTree []types.VirtualMachineSnapshotTree
 	var current *types.ManagedObjectReference
 	if vm.Snapshot != nil {
@@ -97,8 +99,19 @@ func (s *sim) removeSnapshots(vm *simulator.VirtualMachine, tree []types.Virtual
 	before := vmFiles(vm)
 	var merges []merge
 	if consolidate {
+		// Only the files the removed snapshots held may take merges, unless
+		// all: earlier pending merges are ConsolidateVMDisks' business.
+		var only map[string]bool
+		if !all {
+			only = map[string]bool{}
+			for _, c := range vmChains(vm) {
+				if c.Snapshot != nil && !kept[c.Snapshot.Self] {
+					only[c.Backing().FileName] = true
+				}
+			}
+		}
 		chains := chainsAfter(vm, kept)
-		merges = planMerges(chains)
+		merges = planMerges(chains, only)
 		if fault := checkMerges(vm, merges); fault != nil {
 			return fault
 		}
@@ -106,16 +119,17 @@ func (s *sim) removeSnapshots(vm *simulator.VirtualMachine, tree []types.Virtual
 
 	simulator.Map.WithLock(vm, func() {
 		publishSnapshots(vm, tree, current)
-		for _, r := range removed {
-			simulator.Map.Remove(r)
-		}
 		if consolidate {
 			s.applyMerges(vm, merges)
-			setConsolidationNeeded(vm, false)
+			pending := planMerges(chainsAfter(vm, kept), nil)
+			setConsolidationNeeded(vm, len(pending) > 0)
 		} else if len(removed) > 0 {
 			setConsolidationNeeded(vm, true)
 		}
 	})
+	for _, r := range removed {
+		simulator.Map.Remove(r)
+	}
 	if consolidate {
 		s.deleteUnused(before)
 	}
@@ -157,8 +171,9 @@ type merge struct {
 
 // planMerges works out the merges that leave only the files the chains
 // need: each file that is no chain's top and has exactly one child gets
-// that child merged into it, until none is left.
-func planMerges(chains [][]string) []merge {
+// that child merged into it, until none is left. A non-nil only limits the
+// files that may take a merge.
+func planMerges(chains [][]string, only map[string]bool) []merge {
 	work := make([][]string, len(chains))
 	for i, c := range chains {
 		work[i] = append([]string(nil), c...)
@@ -181,7 +196,7 @@ func planMerges(chains [][]string) []merge {
 		}
 		var parents []string
 		for p, kids := range children {
-			if !tops[p] && len(kids) == 1 {
+			if !tops[p] && len(kids) == 1 && (only == nil || only[p]) {
 				parents = append(parents, p)
 			}
 		}
