@@ -9,6 +9,7 @@ datastores through the control API.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from tests.vsphere import (
     remove_disk_change,
     watch_task,
 )
+from vmdk_snap.testing import Simulator
 
 DS = "ds-shared-1"
 
@@ -281,3 +283,31 @@ def test_other_settings_go_to_the_stock_handler(vc: Target) -> None:
         info, _ = watch_task(si, vm.ReconfigVM_Task(spec))
         assert info.state == "success", info.error
         assert props(si, vm, "config.hardware.numCPU")["config.hardware.numCPU"] == 2
+
+
+@pytest.mark.live
+def test_attach_follows_a_relative_parent_hint(vc: Target, simulator: Simulator) -> None:
+    """ESX names a parent in the same directory by its bare file name.
+
+    Live only: the test edits a descriptor on the datastore directly.
+    """
+    inst = vc.ctl.scenario("attached-volume")["instances"][0]
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    assert simulator.info is not None
+    with connect(vc) as si:
+        backing = _vm(si, vol["moref"])
+        snap, _ = watch_task(si, backing.CreateSnapshot_Task("s", "", False, False))
+        assert snap.state == "success", snap.error
+        (delta_disk,) = _disks(si, backing)
+        delta = delta_disk.backing.fileName
+        local = Path(simulator.info.root) / DS / delta.split("] ", 1)[1]
+        text = local.read_text()
+        base_name = vol["vmdk"].rsplit("/", 1)[1]
+        assert f'parentFileNameHint="{vol["vmdk"]}"' in text
+        local.write_text(text.replace(vol["vmdk"], base_name))
+
+        vm = _vm(si, inst["moref"])
+        info = _reconfigure(si, vm, add_disk_change(_controller_key(si, vm), delta))
+        assert info.state == "success", info.error
+        (added,) = [d for d in _disks(si, vm) if d.backing.fileName == delta]
+        assert added.backing.parent.fileName == vol["vmdk"]

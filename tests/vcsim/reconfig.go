@@ -378,8 +378,13 @@ func (s *sim) planAttach(vm *simulator.VirtualMachine, i int, disk *types.Virtua
 			}
 			break
 		}
+		parent := desc.Parent
+		if !strings.HasPrefix(parent, "[") {
+			// ESX writes a parent in the same directory by its bare name.
+			parent = dsJoin(dsDir(node.FileName), parent)
+		}
 		node.Parent = &types.VirtualDiskFlatVer2BackingInfo{
-			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: desc.Parent},
+			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: parent},
 			DiskMode:                     b.DiskMode,
 			ThinProvisioned:              types.NewBool(false),
 		}
