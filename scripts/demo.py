@@ -1,37 +1,68 @@
-"""The demo: start the simulator, seed a Cinder scenario, run vmdk-snap on it."""
+"""The demo: Work Flow 2 on the simulator, driven with the ``vmdk-snap`` command line.
+
+Starts the simulator, seeds the blueprint's Work Flow 2 (an instance with a
+root disk and two attached volumes, storage-vMotioned to another datastore
+after data was written, so each volume's chain is duplicated), then runs
+``vmdk-snap`` on one volume: check, list, snapshot --dry-run, snapshot without
+and with --force, list, check --all. Every command's exit code is checked; the
+demo exits 0 only if each did what it should.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 from vmdk_snap.testing import Simulator
 
+OK, WRONG_STATE = 0, 4
 
-def run(argv: list[str], env: dict[str, str]) -> None:
-    print(f"\n$ {' '.join(argv)}", flush=True)
-    subprocess.run(argv, env=env, check=True)
+
+def vmdk_snap() -> list[str]:
+    """The installed console script, or the module when run from a bare checkout."""
+    found = shutil.which("vmdk-snap")
+    return [found] if found else [sys.executable, "-m", "vmdk_snap.cli"]
+
+
+def run(args: list[str], env: dict[str, str], expect: int = OK) -> None:
+    print(f"\n$ vmdk-snap {' '.join(args)}", flush=True)
+    proc = subprocess.run([*vmdk_snap(), *args], env=env, check=False)
+    if proc.returncode != expect:
+        raise SystemExit(f"demo: 'vmdk-snap {args[0]}' exited {proc.returncode}, expected {expect}")
+    if expect != OK:
+        print(f"(exit code {proc.returncode}, as expected)", flush=True)
 
 
 def main() -> int:
-    with Simulator() as sim:
+    with Simulator() as sim, tempfile.TemporaryDirectory(prefix="vmdk-snap-demo-") as tmp:
         info = sim.info
         assert info is not None
-        print(f"simulator: {info.url}")
-        seeded = sim.control().scenario("instance-two-volumes")
+        seeded = sim.control().scenario("workflow2")
         inst = seeded["instances"][0]
-        print(f"instance {inst['name']} ({inst['uuid']}) on {inst['host']}")
+        print(f"simulator: {info.url}")
+        print(f"Work Flow 2: instance {inst['name']} was moved to ds-shared-2 with its volumes:")
         for vol in seeded["volumes"]:
-            print(f"  attached {vol['name']}: {vol['vmdk']}")
+            print(f"  volume {vol['id']}: backing still at {vol['vmdk']}")
         env = dict(
             os.environ,
+            HOME=tmp,  # no operator config file leaks into the demo
             VMDK_SNAP_URL=info.url,
             VMDK_SNAP_USERNAME=info.username,
             VMDK_SNAP_PASSWORD=info.password,
             VMDK_SNAP_CA_FILE=info.ca_file,
+            VMDK_SNAP_JOURNAL=os.path.join(tmp, "journal.sqlite"),
         )
-        run(["vmdk-snap", "--version"], env)
+        volume = seeded["volumes"][0]["id"]
+        run(["check", volume], env)
+        run(["list", volume], env)
+        run(["snapshot", volume, "--name", "snap-1", "--dry-run", "--force"], env)
+        run(["snapshot", volume, "--name", "snap-1"], env, expect=WRONG_STATE)
+        run(["snapshot", volume, "--name", "snap-1", "--force"], env)
+        run(["list", volume], env)
+        run(["check", "--all"], env)
     return 0
 
 

@@ -1,0 +1,286 @@
+"""How the command line shows driver results: as text for people, as JSON for scripts.
+
+The JSON shapes here are the stable ``--json`` contract documented in the
+README ("Command line"); add keys freely, but change or remove one only with
+a bump of :data:`vmdk_snap.output.SCHEMA`.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from vmdk_snap.cli_base import EXIT_OK
+from vmdk_snap.engine import Plan, RecoveryResult
+from vmdk_snap.output import Output, TreeNode, render_fields, render_table, render_tree
+from vmdk_snap.strategies import VolumeState
+from vmdk_snap.types import Disk, SnapshotNode, VmInfo
+
+__all__ = [
+    "check_text",
+    "list_text",
+    "recover_text",
+    "recovery_doc",
+    "show_plan",
+    "snapshot_doc",
+    "volume_doc",
+]
+
+
+# -- snapshots -----------------------------------------------------------------
+
+
+def snapshot_doc(node: SnapshotNode) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "description": node.description,
+        "moref": node.ref.value,
+        "created": node.created.isoformat() if node.created else None,
+        "quiesced": node.quiesced,
+        "children": [snapshot_doc(c) for c in node.children],
+    }
+
+
+def _snapshot_tree(nodes: Iterable[SnapshotNode], current: str | None) -> tuple[TreeNode, ...]:
+    out = []
+    for n in nodes:
+        label = n.name
+        if n.created:
+            label += f"  {n.created:%Y-%m-%d %H:%M:%S}"
+        if n.quiesced:
+            label += "  quiesced"
+        if n.ref.value == current:
+            label += "  (current)"
+        out.append(TreeNode(label, _snapshot_tree(n.children, current)))
+    return tuple(out)
+
+
+# -- disks and chains ------------------------------------------------------------
+
+
+def volume_disk(state: VolumeState, vm: VmInfo | None) -> Disk | None:
+    """The volume's disk on the backing or on the instance."""
+    if vm is None:
+        return None
+    return state.backing_disk if vm is state.backing else state.volume_disk
+
+
+def _disk_doc(disk: Disk | None) -> dict[str, Any] | None:
+    if disk is None:
+        return None
+    return {
+        "key": disk.key,
+        "path": disk.path,
+        "datastore": disk.datastore_name,
+        "chain": list(disk.chain),
+        "depth": disk.depth,
+        "mode": disk.mode,
+    }
+
+
+def chain_tree(state: VolumeState) -> tuple[TreeNode, ...]:
+    """The volume's files from base to top, branching where backing and instance differ."""
+    owners: list[tuple[str, Disk]] = []
+    backing_disk = volume_disk(state, state.backing)
+    if backing_disk is not None:
+        owners.append((f"backing {state.backing.name}", backing_disk))
+    inst_disk = volume_disk(state, state.instance)
+    if state.instance is not None and inst_disk is not None:
+        owners.append((f"instance {state.instance.name} (disk {inst_disk.key})", inst_disk))
+    # A trie of the chains read base first; each owner marks the file it writes to.
+    trie: dict[str, Any] = {}
+    for owner, disk in owners:
+        level = trie
+        for path in reversed(disk.chain):
+            node = level.setdefault(path, {"owners": [], "children": {}})
+            last = node
+            level = node["children"]
+        last["owners"].append(owner)
+
+    def build(level: dict[str, Any]) -> tuple[TreeNode, ...]:
+        nodes = []
+        for path, node in level.items():
+            label = path + (f"  <- {', '.join(node['owners'])}" if node["owners"] else "")
+            nodes.append(TreeNode(label, build(node["children"])))
+        return tuple(nodes)
+
+    return build(trie)
+
+
+# -- a volume ------------------------------------------------------------------
+
+
+def _vm_doc(vm: VmInfo | None, disk: Disk | None, host: str | None, ds: str | None) -> Any:
+    if vm is None:
+        return None
+    return {
+        "name": vm.name,
+        "uuid": vm.instance_uuid,
+        "moref": vm.ref.value,
+        "power_state": vm.power_state,
+        "host": host,
+        "datastore": ds,
+        "consolidation_needed": vm.consolidation_needed,
+        "disk": _disk_doc(disk),
+    }
+
+
+def volume_doc(state: VolumeState) -> dict[str, Any]:
+    """The JSON shape of one volume (``list``, ``check``, ``consolidate``)."""
+    return {
+        "volume": state.volume_id,
+        "name": f"volume-{state.volume_id}",
+        "status": state.status,
+        "attached_to": state.instance.instance_uuid if state.instance else None,
+        # Where the volume's current data is: the instance's copy when attached.
+        "host": state.instance_host or state.backing_host,
+        "datastore": state.instance_datastore or state.backing_datastore,
+        "duplicated": state.duplicated,
+        "consolidation_needed": state.consolidation_needed,
+        "depth": state.chain_depth,
+        "backing": _vm_doc(
+            state.backing, state.backing_disk, state.backing_host, state.backing_datastore
+        ),
+        "instance": _vm_doc(
+            state.instance, state.volume_disk, state.instance_host, state.instance_datastore
+        ),
+        "snapshots": [snapshot_doc(s) for s in state.snapshots],
+        "stale_files": list(state.stale_files),
+        "notes": list(state.notes),
+        "advice": advice(state),
+    }
+
+
+def advice(state: VolumeState) -> str | None:
+    """What the operator should do about this volume, if anything."""
+    if state.duplicated:
+        return f"duplicated chain: run 'vmdk-snap consolidate {state.volume_id}'"
+    if state.chain_depth >= 30:
+        return f"chain depth {state.chain_depth} is near vSphere's 32: delete old snapshots"
+    return None
+
+
+def _consolidation_text(state: VolumeState) -> str:
+    if not state.consolidation_needed:
+        return "no"
+    # Expected after a forced snapshot: the instance keeps its deltas, and
+    # vSphere's merge would write into files the backing's snapshots hold.
+    return "yes (expected after forced snapshots: do not run vSphere's Consolidate on it)"
+
+
+def _where(host: str | None, datastore: str | None) -> str | None:
+    if not host and not datastore:
+        return None
+    return f"host {host or '?'}, datastore {datastore or '?'}"
+
+
+def _attached(state: VolumeState) -> str:
+    if state.instance is None:
+        return "-"
+    return f"{state.instance.name} ({state.instance.instance_uuid})"
+
+
+def list_text(state: VolumeState) -> str:
+    current = state.backing.current_snapshot.value if state.backing.current_snapshot else None
+    snaps = _snapshot_tree(state.backing.snapshots, current)
+    parts = [
+        render_fields(
+            [
+                ("Volume", f"volume-{state.volume_id}"),
+                ("Status", state.status),
+                ("Attached to", _attached(state)),
+                ("Backing on", _where(state.backing_host, state.backing_datastore)),
+                ("Instance on", _where(state.instance_host, state.instance_datastore)),
+            ]
+        ),
+        "Snapshots:",
+        render_tree(snaps) if snaps else "  (none)",
+        "Disk chain (base first):",
+        render_tree(chain_tree(state)),
+    ]
+    return "\n".join(parts)
+
+
+def check_text(states: Sequence[VolumeState], *, single: bool) -> str:
+    if single and states:
+        s = states[0]
+        return render_fields(
+            [
+                ("Volume", f"volume-{s.volume_id}"),
+                ("Status", s.status),
+                ("Attached to", _attached(s)),
+                ("Backing on", _where(s.backing_host, s.backing_datastore)),
+                ("Instance on", _where(s.instance_host, s.instance_datastore)),
+                ("Chain depth", s.chain_depth),
+                ("Duplicated chain", s.duplicated),
+                ("consolidationNeeded", _consolidation_text(s)),
+                ("Advice", advice(s) or "none: ready for snapshots"),
+            ]
+        )
+    if not states:
+        return "no Cinder volumes found"
+    headers = ["volume", "status", "attached to", "host", "datastore", "depth", "dup", "cons"]
+    rows = [
+        [
+            f"volume-{s.volume_id}",
+            s.status,
+            s.instance.name if s.instance else None,
+            s.instance_host or s.backing_host,
+            s.instance_datastore or s.backing_datastore,
+            s.chain_depth,
+            s.duplicated,
+            s.consolidation_needed,
+        ]
+        for s in states
+    ]
+    flagged = sum(1 for s in states if advice(s))
+    return render_table(headers, rows) + f"\n{len(states)} volumes, {flagged} need attention"
+
+
+# -- plans and recovery ----------------------------------------------------------
+
+
+def show_plan(out: Output, command: str, volume_id: str, plan: Plan) -> int:
+    """Print what a --dry-run would do; nothing is changed."""
+    steps = [
+        {"step": s.name, "description": s.description, "undo": s.undo, "reversible": s.reversible}
+        for s in plan.steps
+    ]
+    lines = [
+        f"plan: {command} volume-{volume_id}, {len(steps)} steps (dry run: nothing was changed)"
+    ]
+    for i, step in enumerate(plan.steps, 1):
+        lines.append(f"{i:2d}. {step.name}")
+        lines.extend(
+            textwrap.wrap(step.description, 96, initial_indent="    ", subsequent_indent="    ")
+        )
+        lines.extend(
+            textwrap.wrap(
+                f"undo: {step.undo}", 96, initial_indent="    ", subsequent_indent="          "
+            )
+        )
+    lines.extend(f"note: {n}" for n in plan.notes)
+    out.text("\n".join(lines))
+    out.document(
+        command,
+        {"volume": volume_id, "dry_run": True, "plan": steps, "notes": list(plan.notes)},
+    )
+    return EXIT_OK
+
+
+def recovery_doc(result: RecoveryResult) -> dict[str, Any]:
+    return {
+        "workflow": result.workflow_id,
+        "kind": result.kind,
+        "volume": result.volume_id,
+        "outcome": result.outcome,
+        "detail": result.detail,
+    }
+
+
+def recover_text(results: Sequence[RecoveryResult]) -> str:
+    if not results:
+        return "no interrupted workflows: nothing to recover"
+    rows = [[r.workflow_id, r.kind, f"volume-{r.volume_id}", r.outcome, r.detail] for r in results]
+    return render_table(["workflow", "kind", "volume", "outcome", "detail"], rows)
