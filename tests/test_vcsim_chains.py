@@ -793,3 +793,37 @@ def test_remove_snapshot_merges_only_its_own_deltas(vc: Target) -> None:
         assert props(si, vm, "runtime.consolidationNeeded") == {"runtime.consolidationNeeded": True}
     assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == [f"seed:{vol['id']}", "t2"]
     assert d1.replace("-000001", "-000002") not in vc.ctl.files("ds-shared-1")
+
+
+@pytest.mark.live
+def test_destroy_keeps_files_another_vm_uses(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name, seed = inst["name"], f"seed:{vol['id']}"
+    with connect(vc) as si:
+        instance, backing = _vm(si, inst["moref"]), _vm(si, vol["moref"])
+        key = _key_of(si, instance, vol["vmdk"])
+        _snapshot(si, instance, "s1")
+        vc.ctl.write(inst["moref"], key, "t1")
+        delta = _disk(si, instance, key).backing.fileName
+        # The backing is given the instance's delta, as the blueprint does.
+        old = _disks(si, backing)[0]
+        add = add_disk_change(old.controllerKey, delta, unit=old.unitNumber)
+        add.device.capacityInKB = old.capacityInKB
+        spec = vim.vm.ConfigSpec(deviceChange=[remove_disk_change(old), add])
+        _ok(si, backing.ReconfigVM_Task(spec))
+        _ok(si, instance.PowerOffVM_Task())
+
+        info = _ok(si, instance.Destroy_Task())
+
+        assert info.entity._moId == inst["moref"]
+        files = vc.ctl.files("ds-shared-1")
+        assert delta in files
+        assert vol["vmdk"] in files
+        assert inst["root_vmdk"] not in files
+        assert f"[ds-shared-1] {name}/{name}.vmx" not in files
+        bkey = _disks(si, backing)[0].key
+        assert vc.ctl.read_disk(vol["moref"], bkey)["tokens"] == [seed, "t1"]
+
+        _ok(si, backing.Destroy_Task())
+    assert not any(vol["name"] in f or name in f for f in vc.ctl.files("ds-shared-1"))

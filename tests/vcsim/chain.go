@@ -634,3 +634,19 @@ func (s *sim) copyDisk(src, dst, parent string) (int64, error) {
 	}
 	return n, s.writeDescriptor(dst, nd)
 }
+
+// publishDevices sets a VM's devices and tells property collectors, with
+// layout.disk (each disk's chain, top first) kept in step. The caller holds
+// the VM's lock.
+func publishDevices(vm *simulator.VirtualMachine, devices []types.BaseVirtualDevice) {
+	vm.Config.Hardware.Device = devices
+	layout := []types.VirtualMachineFileLayoutDiskLayout{}
+	for _, d := range disksOf(devices) {
+		layout = append(layout, types.VirtualMachineFileLayoutDiskLayout{Key: d.Key, DiskFile: chainPaths(flatBacking(d))})
+	}
+	changes := []types.PropertyChange{{Name: "config.hardware.device", Val: devices}}
+	if vm.Layout != nil {
+		changes = append(changes, types.PropertyChange{Name: "layout.disk", Val: layout})
+	}
+	simulator.Map.Update(vm, changes)
+}

@@ -352,8 +352,8 @@ func (s *sim) relocate(vm *simulator.VirtualMachine, spec types.VirtualMachineRe
 		for _, snap := range snapshotsOf(vm) {
 			snap.Config.Files = rewriteFiles(snap.Config.Files, plan.homeFrom, plan.homeTo)
 		}
+		publishDevices(vm, vm.Config.Hardware.Device)
 		changes := []types.PropertyChange{
-			{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
 			{Name: "config.files", Val: files},
 			{Name: "summary.config.vmPathName", Val: files.VmPathName},
 			{Name: "datastore", Val: s.vmDatastores(vm, plan.homeTo)},

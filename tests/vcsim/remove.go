@@ -271,9 +271,7 @@ func (s *sim) applyMerges(vm *simulator.VirtualMachine, merges []merge) {
 		}
 		_ = s.deleteDiskFiles(m.Child)
 	}
-	simulator.Map.Update(vm, []types.PropertyChange{
-		{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
-	})
+	publishDevices(vm, vm.Config.Hardware.Device)
 }
 
 // setParentHint rewrites a descriptor's parentFileNameHint.

@@ -93,10 +93,7 @@ func (s *sim) revert(vm *simulator.VirtualMachine, ref types.ManagedObjectRefere
 	}
 
 	simulator.Map.WithLock(vm, func() {
-		vm.Config.Hardware.Device = devices
-		simulator.Map.Update(vm, []types.PropertyChange{
-			{Name: "config.hardware.device", Val: devices},
-		})
+		publishDevices(vm, devices)
 		publishSnapshots(vm, vm.Snapshot.RootSnapshotList, &ref)
 	})
 	s.deleteUnused(old)

@@ -114,10 +114,7 @@ func (s *sim) snapshotVM(vm *simulator.VirtualMachine, name, description string,
 		} else {
 			tree = append(tree, node)
 		}
-		vm.Config.Hardware.Device = devices
-		simulator.Map.Update(vm, []types.PropertyChange{
-			{Name: "config.hardware.device", Val: devices},
-		})
+		publishDevices(vm, devices)
 		publishSnapshots(vm, tree, &snapRef)
 	})
 	if fault != nil {
