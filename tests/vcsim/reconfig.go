@@ -439,10 +439,9 @@ func (s *sim) applyReconfig(vm *simulator.VirtualMachine, spec *types.VirtualMac
 	}
 	var fault types.BaseMethodFault
 	simulator.Map.WithLock(vm, func() {
+		publishDevices(vm, plan.devices)
 		changes := []types.PropertyChange{
-			{Name: "config.hardware.device", Val: plan.devices},
 			{Name: "summary.config.numVirtualDisks", Val: int32(len(disksOf(plan.devices)))},
-			{Name: "layout.disk", Val: diskLayout(plan.devices)},
 		}
 		if dss := vmDatastores(vm, plan.devices); dss != nil {
 			changes = append(changes, types.PropertyChange{Name: "datastore", Val: dss})
@@ -495,15 +494,6 @@ func mergeExtraConfig(current, changes []types.BaseOptionValue) []types.BaseOpti
 		case !empty:
 			out = append(out, &types.OptionValue{Key: opt.Key, Value: opt.Value})
 		}
-	}
-	return out
-}
-
-// diskLayout is layout.disk for a device list: each disk's chain, top first.
-func diskLayout(devices []types.BaseVirtualDevice) []types.VirtualMachineFileLayoutDiskLayout {
-	out := []types.VirtualMachineFileLayoutDiskLayout{}
-	for _, d := range disksOf(devices) {
-		out = append(out, types.VirtualMachineFileLayoutDiskLayout{Key: d.Key, DiskFile: chainPaths(flatBacking(d))})
 	}
 	return out
 }
