@@ -85,6 +85,15 @@ def test_timing_control_sets_and_resets_durations(vc: Target, timing: None) -> N
     vc.ctl.reset_timing()
     got = vc.ctl.request("GET", "/timing")
     assert got == {"default_ms": 20, "methods": {}, "bytes_per_second": 64 << 20}
+    for bad, reason in [
+        ({"ms": 5}, "go together"),
+        ({"default_ms": -1}, "negative"),
+        ({"bytes_per_second": 0}, "positive"),
+        ({"method": "RelocateVM_Task", "seconds": 1}, "unknown field"),
+    ]:
+        with pytest.raises(SimulatorError, match=reason):
+            vc.ctl.request("POST", "/timing", bad)
+    assert vc.ctl.request("GET", "/timing")["methods"] == {}
 
 
 @pytest.mark.live
