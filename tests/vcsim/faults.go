@@ -127,7 +127,7 @@ func fillRefs(v reflect.Value, this types.ManagedObjectReference) {
 	}
 }
 
-var thisRE = regexp.MustCompile(`<_this[^>]*\btype="([^"]+)"[^>]*>([^<]+)</_this>`)
+var thisRE = regexp.MustCompile(`<_this[^>]*\stype="([^"]+)"[^>]*>([^<]+)</_this>`)
 
 // thisOf returns the _this reference of a SOAP request, without decoding it.
 func thisOf(body []byte) types.ManagedObjectReference {
@@ -136,6 +136,16 @@ func thisOf(body []byte) types.ManagedObjectReference {
 		return types.ManagedObjectReference{}
 	}
 	return types.ManagedObjectReference{Type: string(m[1]), Value: strings.TrimSpace(string(m[2]))}
+}
+
+// notAuthenticated is the fault vCenter answers a call without a valid
+// session with.
+func notAuthenticated(body []byte) *types.NotAuthenticated {
+	obj := thisOf(body)
+	if obj.Type == "" {
+		obj = types.ManagedObjectReference{Type: "ServiceInstance", Value: "ServiceInstance"}
+	}
+	return &types.NotAuthenticated{NoPermission: types.NoPermission{Object: obj, PrivilegeId: "System.View"}}
 }
 
 // taskEntity is the entity a task of a call on this object reports: the VM
@@ -161,9 +171,7 @@ func (s *sim) injectFault(next http.Handler, w http.ResponseWriter, r *http.Requ
 		writeFault(w, injectedMessage(rule), fault)
 	case kindTask:
 		if !authenticated(next, r) {
-			writeFault(w, "The session is not authenticated.", &types.NotAuthenticated{
-				NoPermission: types.NoPermission{Object: this, PrivilegeId: "System.View"},
-			})
+			writeFault(w, "The session is not authenticated.", notAuthenticated(body))
 			return true
 		}
 		if simulator.Map.Get(this) == nil {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
-	"github.com/vmware/govmomi/vim25/types"
 )
 
 // sim holds our additions to the stock simulator: the call counter, the
@@ -78,9 +77,7 @@ func (s *sim) middleware(next http.Handler) http.Handler {
 		s.mu.Unlock()
 		serve := func(w http.ResponseWriter) {
 			if s.checkSession(r, method) {
-				writeFault(w, "The session is not authenticated.", &types.NotAuthenticated{
-					NoPermission: types.NoPermission{Object: thisOf(body), PrivilegeId: "System.View"},
-				})
+				writeFault(w, "The session is not authenticated.", notAuthenticated(body))
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
