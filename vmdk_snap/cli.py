@@ -94,26 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _OneLine(logging.Formatter):
-    """Warnings without -v: one line, no traceback."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"vmdk-snap: {record.levelname.lower()}: {record.getMessage()}"
-
-
 def _logging(verbose: int, stderr: TextIO) -> logging.Handler:
+    """Logs on stderr with -v (info) or -vv (debug); without -v, none.
+
+    Without -v the command's one-line error says what went wrong; the
+    library's warnings on the way there (a failed step before its rollback)
+    would only repeat it.
+    """
     handler = logging.StreamHandler(stderr)
-    if verbose:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
-        )
-    else:
-        handler.setFormatter(_OneLine())
-    level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    )
+    level = logging.INFO if verbose == 1 else logging.DEBUG if verbose else logging.CRITICAL + 1
     handler.setLevel(level)
     root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(min(root.level or logging.WARNING, level))
+    if verbose:
+        root.setLevel(min(root.getEffectiveLevel(), level))
     if verbose < 2:  # pyVmomi and urllib3 are very chatty at debug
         for name in ("pyVmomi", "urllib3"):
             logging.getLogger(name).setLevel(logging.WARNING)

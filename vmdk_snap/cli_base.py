@@ -124,6 +124,7 @@ class Context:
     env: Mapping[str, str]
     interactive: bool = False
     _settings: Settings | None = field(default=None, repr=False)
+    _warned: bool = False
 
     @property
     def settings(self) -> Settings:
@@ -145,6 +146,12 @@ class Context:
         """A new, not yet entered, Session for these settings."""
         s = self.settings
         log.info("connecting to %s as %s", s.url, s.username)
+        if s.insecure and not self._warned:
+            self._warned = True
+            self.out.note(
+                f"vmdk-snap: warning: not verifying the certificate of {s.url} (insecure): "
+                "pass --ca-file or --thumbprint instead"
+            )
         return Session(
             s.url,
             s.username,

@@ -1,9 +1,11 @@
 """``vmdk-snap batch``: one operation over many volumes, concurrently.
 
 Each worker thread has its own Session and Driver (logged in on first use,
-logged out at the end); the per-volume locks of the workflow engine keep two
-workers off one volume. A failure is recorded for its volume and the others go
-on; the summary says what happened to each.
+logged out at the end). Volumes attached to the same instance run one after
+the other in one worker, since each forced snapshot takes a temporary snapshot
+of that instance; the per-volume locks keep other processes off a volume. A
+failure is recorded for its volume and the others go on; the summary says what
+happened to each.
 """
 
 from __future__ import annotations
@@ -146,15 +148,21 @@ def run_batch(ctx: Context) -> int:
     _ = ctx.settings  # resolve (and prompt for) the password once, before the workers
     workers = _Workers(ctx)
     try:
-        if a.all_attached:
-            volumes = list(read_inventory(workers.driver().ops.session).attached)
-        else:
-            volumes = _read_volumes(a.file)
+        inventory = read_inventory(workers.driver().ops.session)
+        volumes = list(inventory.attached) if a.all_attached else _read_volumes(a.file)
+        # Volumes of one instance run one after the other (each forced
+        # snapshot takes a temporary snapshot of the instance); instances and
+        # detached volumes run side by side.
+        groups: dict[str, list[str]] = {}
+        for v in volumes:
+            vid = v.removeprefix("volume-")
+            groups.setdefault(inventory.instance_of.get(vid, "volume:" + vid), []).append(v)
         with ThreadPoolExecutor(max_workers=a.concurrency, thread_name_prefix="batch") as pool:
-            outcomes = list(pool.map(lambda v: _one(ctx, workers, v), volumes))
+            done = pool.map(lambda group: [_one(ctx, workers, v) for v in group], groups.values())
+            by_volume = {o.volume: o for group in done for o in group}
     finally:
         workers.close()
-    return _report(ctx, outcomes)
+    return _report(ctx, [by_volume[v] for v in volumes])
 
 
 def _report(ctx: Context, outcomes: list[Outcome]) -> int:

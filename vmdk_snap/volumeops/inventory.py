@@ -8,7 +8,8 @@ whatever its size; more only if vCenter pages the answer).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pyVmomi import vim
 
@@ -22,10 +23,15 @@ _BACKING_RE = re.compile(r"^volume-(?P<id>[0-9A-Za-z][0-9A-Za-z-]*)$")
 
 @dataclass(frozen=True)
 class Inventory:
-    """Volume ids (sorted): every backing, and those some instance has attached."""
+    """Volume ids (sorted): every backing, and those some instance has attached.
+
+    ``instance_of`` maps an attached volume id to the moref value of the VM
+    (instance) recording it, so that work on one instance can be serialized.
+    """
 
     volumes: tuple[str, ...]
     attached: tuple[str, ...]
+    instance_of: Mapping[str, str] = field(default_factory=dict)
 
 
 def read_inventory(session: Session) -> Inventory:
@@ -36,7 +42,7 @@ def read_inventory(session: Session) -> Inventory:
         {vim.VirtualMachine: ["name", "config.extraConfig"]},
     )
     volumes: set[str] = set()
-    recorded: set[str] = set()
+    recorded: dict[str, str] = {}
     for vm in vms:
         match = _BACKING_RE.match(str(vm.props.get("name", "")))
         if match:
@@ -45,5 +51,6 @@ def read_inventory(session: Session) -> Inventory:
         for option in vm.props.get("config.extraConfig") or ():
             key = _BACKING_RE.match(str(option.key))
             if key:
-                recorded.add(key.group("id"))
-    return Inventory(tuple(sorted(volumes)), tuple(sorted(volumes & recorded)))
+                recorded.setdefault(key.group("id"), vm.ref.value)
+    attached = sorted(volumes & recorded.keys())
+    return Inventory(tuple(sorted(volumes)), tuple(attached), {v: recorded[v] for v in attached})

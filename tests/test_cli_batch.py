@@ -1,0 +1,106 @@
+"""``vmdk-snap batch``: many volumes at once; one failure never stops the others.
+
+Live only: batch runs worker threads, which cassettes cannot replay in order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli_support import Cli
+from tests.conftest import Target
+from vmdk_snap.testing import Simulator
+
+
+@pytest.fixture
+def cli(vc: Target, tmp_path: Path) -> Cli:
+    return Cli(vc, tmp_path)
+
+
+def snapshot_names(cli: Cli, volume: str) -> list[str]:
+    doc = cli("list", volume, "--json").json()
+    return [s["name"] for s in doc["snapshots"]]
+
+
+@pytest.mark.live
+def test_one_failing_volume_among_many_does_not_stop_the_others(cli: Cli) -> None:
+    ctl = cli.target.ctl
+    good = [ctl.scenario("available-volume")["volumes"][0]["id"] for _ in range(4)]
+    attached = ctl.scenario("attached-volume")["volumes"][0]["id"]
+    unknown = "00000000-dead-beef-0000-000000000000"
+    listing = cli.home / "volumes.txt"
+    listing.write_text(
+        "# tonight's volumes\n"
+        + f"{good[0]}\n{good[1]}  # db\n\n{unknown}\n"
+        + f"volume-{good[2]}\n{attached}\n{good[3]}\n"
+    )
+
+    ctl.reset_calls()
+    r = cli("batch", "snapshot", "--name", "nightly", "--file", str(listing), "--concurrency", "3")
+    assert r.code == 8, r.err
+    # One session per worker (and one for the inventory read), not one per volume.
+    logins = ctl.calls()["Login"]
+    assert 2 <= logins <= 4
+    assert ctl.calls().get("Logout", 0) == logins
+    lines = r.out.splitlines()
+    assert lines[-1] == "6 volumes: 4 ok, 2 failed"
+    rows = {cols[0]: cols[1:] for cols in (re.split(r"\s{2,}", x, maxsplit=2) for x in lines[1:-1])}
+    assert rows[unknown][0] == "FAILED (3)"
+    assert rows[attached][0] == "FAILED (4)"
+    assert rows[attached][1].endswith("pass --force to snapshot it while attached")
+    assert rows[good[1]][0] == "ok"
+    assert rows[good[1]][1].startswith("created nightly (snapshot-")
+    for vid in good:
+        assert snapshot_names(cli, vid) == ["nightly"]
+    assert snapshot_names(cli, attached) == []
+
+    doc = cli("batch", "delete", "--name", "nightly", "--file", str(listing), "--json").json()
+    assert doc["command"] == "batch"
+    assert doc["operation"] == "delete"
+    assert [x["volume"] for x in doc["results"]] == [
+        good[0], good[1], unknown, f"volume-{good[2]}", attached, good[3]
+    ]  # fmt: skip
+    assert [x["exit_code"] for x in doc["results"]] == [0, 0, 3, 0, 0, 0]
+    assert doc["results"][2]["kind"] == "not_found"
+    assert doc["results"][4]["message"] == "already gone"
+    assert doc["summary"] == {"total": 6, "ok": 5, "failed": 1}
+    for vid in good:
+        assert snapshot_names(cli, vid) == []
+
+
+@pytest.fixture
+def private_sim() -> Iterator[Simulator]:
+    """A simulator of its own: --all-attached must see only this test's volumes."""
+    with Simulator() as sim:
+        yield sim
+
+
+@pytest.mark.live
+def test_all_attached_snapshots_every_attached_volume_and_nothing_else(
+    private_sim: Simulator, tmp_path: Path
+) -> None:
+    info = private_sim.info
+    assert info is not None
+    ctl = private_sim.control()
+    target = Target("live", info.url, info.host, info.port, info.username, info.password,
+                    info.ca_file, info.thumbprint, ctl)  # fmt: skip
+    cli = Cli(target, tmp_path)
+    wf2 = ctl.scenario("workflow2")
+    moved = ctl.scenario("attached-volume-moved")
+    detached = ctl.scenario("available-volume")["volumes"][0]["id"]
+    attached = [v["id"] for v in wf2["volumes"] + moved["volumes"]]
+
+    checked = cli("check", "--all", "--json").json()["volumes"]
+    assert sorted(v["volume"] for v in checked) == sorted([*attached, detached])
+    assert all(v["duplicated"] for v in checked if v["volume"] in attached)
+
+    r = cli("batch", "snapshot", "--name", "n1", "--force", "--all-attached", "--concurrency", "2")
+    assert r.code == 0, r.out + r.err
+    assert r.out.splitlines()[-1] == "3 volumes: 3 ok, 0 failed"
+    for vid in attached:
+        assert snapshot_names(cli, vid) == ["n1"]
+    assert snapshot_names(cli, detached) == []
