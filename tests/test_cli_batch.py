@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyVmomi import vim
 
 from tests.cli_support import Cli
 from tests.conftest import Target
+from tests.vsphere import connect, moref, props, remove_disk_change, watch_task
 from vmdk_snap.testing import Simulator
 
 
@@ -104,3 +106,34 @@ def test_all_attached_snapshots_every_attached_volume_and_nothing_else(
     for vid in attached:
         assert snapshot_names(cli, vid) == ["n1"]
     assert snapshot_names(cli, detached) == []
+
+    # A volume Nova still records on an instance that no longer has its disk:
+    # check --all reports it and still checks every other volume.
+    broken = ctl.scenario("attached-volume")
+    detach_keeping_files(target, broken["instances"][0]["moref"], broken["volumes"][0]["vmdk"])
+    bad = broken["volumes"][0]["id"]
+    r = cli("check", "--all")
+    assert r.code == 8
+    assert f"volume-{bad}: cannot check: instance " in r.out
+    # Work Flow 2's first volume lags again behind the instance snapshot taken
+    # for the second (by design: see vmdk_snap.workflow), so 1 needs attention.
+    assert r.out.splitlines()[-1] == "5 volumes: 1 need attention, 1 could not be checked"
+    doc = cli("check", "--all", "--json").json()
+    assert [e["volume"] for e in doc["errors"]] == [bad]
+    assert doc["errors"][0]["kind"] == "wrong_state"
+    assert sorted(v["volume"] for v in doc["volumes"]) == sorted([*attached, detached])
+
+
+def detach_keeping_files(target: Target, instance: str, vmdk: str) -> None:
+    with connect(target) as si:
+        vm = moref(si, "VirtualMachine", instance)
+        devices = props(si, vm, "config.hardware.device")["config.hardware.device"]
+        disk = next(
+            d
+            for d in devices
+            if isinstance(d, vim.vm.device.VirtualDisk)
+            and getattr(d.backing, "fileName", None) == vmdk
+        )
+        task = vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[remove_disk_change(disk)]))
+        info, _ = watch_task(si, task)
+        assert info.state == "success"

@@ -7,8 +7,9 @@ import textwrap
 from typing import Any, Protocol
 
 from vmdk_snap import cli_views as views
-from vmdk_snap.cli_base import EXIT_OK, Context, parse_volume
+from vmdk_snap.cli_base import EXIT_OK, EXIT_PARTIAL, Context, parse_volume
 from vmdk_snap.driver import validate_snapshot_name
+from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.volumeops.inventory import read_inventory
 
 __all__ = ["add_command", "register"]
@@ -181,13 +182,23 @@ def _check(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def run_check(ctx: Context) -> int:
-    volume = None if ctx.args.all else parse_volume(ctx.args.volume)
+    if not ctx.args.all:
+        volume = parse_volume(ctx.args.volume)
+        with ctx.driver() as driver:
+            state = driver.describe(volume)
+        ctx.out.text(views.check_text(state))
+        ctx.out.document("check", {"volumes": [views.volume_doc(state)], "errors": []})
+        return EXIT_OK
+    states, errors = [], []
     with ctx.driver() as driver:
-        ids = [volume.id] if volume else read_inventory(driver.ops.session).volumes
-        states = [driver.describe(v) for v in ids]
-    ctx.out.text(views.check_text(states, single=volume is not None))
-    ctx.out.document("check", {"volumes": [views.volume_doc(s) for s in states]})
-    return EXIT_OK
+        for vid in read_inventory(driver.ops.session).volumes:
+            try:
+                states.append(driver.describe(vid))
+            except VmdkSnapError as exc:  # one odd volume must not hide the others
+                errors.append(views.error_doc(vid, exc))
+    ctx.out.text(views.check_all_text(states, errors))
+    ctx.out.document("check", {"volumes": [views.volume_doc(s) for s in states], "errors": errors})
+    return EXIT_PARTIAL if errors else EXIT_OK
 
 
 # -- consolidate / recover --------------------------------------------------------

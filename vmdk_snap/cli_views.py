@@ -11,14 +11,16 @@ import textwrap
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from vmdk_snap.cli_base import EXIT_OK
+from vmdk_snap.cli_base import EXIT_OK, classify, one_line
 from vmdk_snap.engine import Plan, RecoveryResult
 from vmdk_snap.output import Output, TreeNode, render_fields, render_table, render_tree
 from vmdk_snap.strategies import VolumeState
 from vmdk_snap.types import Disk, SnapshotNode, VmInfo
 
 __all__ = [
+    "check_all_text",
     "check_text",
+    "error_doc",
     "list_text",
     "recover_text",
     "recovery_doc",
@@ -202,25 +204,33 @@ def list_text(state: VolumeState) -> str:
     return "\n".join(parts)
 
 
-def check_text(states: Sequence[VolumeState], *, single: bool) -> str:
-    if single and states:
-        s = states[0]
-        return render_fields(
-            [
-                ("Volume", f"volume-{s.volume_id}"),
-                ("Status", s.status),
-                ("Attached to", _attached(s)),
-                ("Backing on", _where(s.backing_host, s.backing_datastore)),
-                ("Instance on", _where(s.instance_host, s.instance_datastore)),
-                ("Chain depth", s.chain_depth),
-                ("Duplicated chain", s.duplicated),
-                ("consolidationNeeded", _consolidation_text(s)),
-                ("Advice", advice(s) or "none: ready for snapshots"),
-            ]
-        )
-    if not states:
+def check_text(s: VolumeState) -> str:
+    return render_fields(
+        [
+            ("Volume", f"volume-{s.volume_id}"),
+            ("Status", s.status),
+            ("Attached to", _attached(s)),
+            ("Backing on", _where(s.backing_host, s.backing_datastore)),
+            ("Instance on", _where(s.instance_host, s.instance_datastore)),
+            ("Chain depth", s.chain_depth),
+            ("Duplicated chain", s.duplicated),
+            ("consolidationNeeded", _consolidation_text(s)),
+            ("Advice", advice(s) or "none: ready for snapshots"),
+        ]
+    )
+
+
+def error_doc(volume_id: str, exc: BaseException) -> dict[str, Any]:
+    """A volume that could not be looked at, in ``check --all``'s ``errors``."""
+    code, kind = classify(exc)
+    return {"volume": volume_id, "kind": kind, "exit_code": code, "message": one_line(exc)}
+
+
+def check_all_text(states: Sequence[VolumeState], errors: Sequence[dict[str, Any]]) -> str:
+    if not states and not errors:
         return "no Cinder volumes found"
-    headers = ["volume", "status", "attached to", "host", "datastore", "depth", "dup", "cons"]
+    headers = ["volume", "status", "instance", "host", "datastore", "depth", "duplicated",
+               "consolidation needed"]  # fmt: skip
     rows = [
         [
             f"volume-{s.volume_id}",
@@ -234,8 +244,15 @@ def check_text(states: Sequence[VolumeState], *, single: bool) -> str:
         ]
         for s in states
     ]
+    lines = [render_table(headers, rows)] if rows else []
+    lines += [f"volume-{s.volume_id}: {advice(s)}" for s in states if advice(s)]
+    lines += [f"volume-{e['volume']}: cannot check: {e['message']}" for e in errors]
     flagged = sum(1 for s in states if advice(s))
-    return render_table(headers, rows) + f"\n{len(states)} volumes, {flagged} need attention"
+    lines.append(
+        f"{len(states) + len(errors)} volumes: {flagged} need attention, "
+        f"{len(errors)} could not be checked"
+    )
+    return "\n".join(lines)
 
 
 # -- plans and recovery ----------------------------------------------------------
