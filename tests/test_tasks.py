@@ -110,26 +110,27 @@ def test_soap_fault_file_locked_is_not_retried(
 
 
 @pytest.mark.live
-def test_task_exceeding_its_timeout_names_it(
-    clean_sim: Target, session: Session, ops: VolumeOps
-) -> None:
+def test_task_exceeding_its_timeout_names_it(clean_sim: Target) -> None:
     vc = clean_sim
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     vc.ctl.set_task_time("CreateSnapshot_Task", 3000)
-    with pytest.raises(TaskTimeout) as err:
-        ops.create_snapshot(vm(vol["moref"]), "slow", timeout=0.5)
-    task = err.value.task
-    assert task is not None
-    assert task.description == f"CreateSnapshot_Task on {vol['moref']}"
-    assert task.ref.value in str(err.value)
-    assert "CreateSnapshot_Task" in str(err.value)
-    assert "0.5 s" in str(err.value)
-    assert "\n" not in str(err.value)
-    # It is still running in vCenter; waiting longer sees it through.
-    snap = ops.wait(task, timeout=30)
-    node = ops.get_vm(vm(vol["moref"])).snapshot_named("slow")
-    assert node is not None
-    assert node.ref == snap
+    # The timeout is checked between waits, so its precision is maxWaitSeconds.
+    with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file, wait_seconds=1) as session:
+        ops = VolumeOps(session)
+        with pytest.raises(TaskTimeout) as err:
+            ops.create_snapshot(vm(vol["moref"]), "slow", timeout=0.5)
+        task = err.value.task
+        assert task is not None
+        assert task.description == f"CreateSnapshot_Task on {vol['moref']}"
+        assert task.ref.value in str(err.value)
+        assert "CreateSnapshot_Task" in str(err.value)
+        assert "0.5 s" in str(err.value)
+        assert "\n" not in str(err.value)
+        # It is still running in vCenter; waiting longer sees it through.
+        snap = ops.wait(task, timeout=30)
+        node = ops.get_vm(vm(vol["moref"])).snapshot_named("slow")
+        assert node is not None
+        assert node.ref == snap
 
 
 @pytest.mark.live
@@ -149,11 +150,31 @@ def test_progress_is_reported_while_a_task_runs(
 
 
 @pytest.mark.live
-def test_closing_the_session_destroys_the_filter(vc: Target) -> None:
+def test_progress_does_not_wake_a_wait_that_does_not_report_it(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    ops.create_snapshot(vm(vol["moref"]), "warm-up")
+    vc.ctl.set_task_time("CreateSnapshot_Task", 1500)  # reports progress 3 times meanwhile
+    vc.ctl.reset_calls()
+    ops.create_snapshot(vm(vol["moref"]), "long")
+    # Still running when it enters the view: one wait sees it enter, the next
+    # one its end; progress changes in between do not wake us.
+    assert vc.ctl.calls() == {"CreateSnapshot_Task": 1, "ModifyListView": 1, "WaitForUpdatesEx": 2}
+
+
+@pytest.mark.live
+def test_closing_the_session_destroys_the_filters(vc: Target) -> None:
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     vc.ctl.reset_calls()
     with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
-        VolumeOps(session).create_snapshot(vm(vol["moref"]), "s")
+        ops = VolumeOps(session)
+        ops.create_snapshot(vm(vol["moref"]), "s1")
+        ops.create_snapshot(vm(vol["moref"]), "s2", on_progress=lambda t, p: None)
+        # The progress filter lives as long as its wait.
+        assert session.calls["CreateFilter"] == 2
+        assert session.calls["DestroyPropertyFilter"] == 1
     calls = vc.ctl.calls()
     assert calls["CreatePropertyCollector"] == 1
     assert calls["DestroyPropertyCollector"] == 1

@@ -1,14 +1,28 @@
-"""Waiting for vSphere tasks on a property-collector filter, never by polling.
+"""Waiting for vSphere tasks on property-collector filters, never by polling.
 
 A session keeps one :class:`TaskWatcher`: its own property collector with one
-filter over a ``ListView`` of tasks, watching ``info.state``, ``info.error``,
-``info.result`` and ``info.progress``. Waiting for a task adds it to the view
+long-lived filter over a ``ListView`` of tasks, watching ``info.state``,
+``info.error`` and ``info.result``. Waiting for a task adds it to the view
 with ``ModifyListView`` (dropping the tasks already seen to finish in the same
-call), then blocks in ``WaitForUpdatesEx``. A task that ends within one wait
-therefore costs three round trips in all: the call that starts it, the
-``ModifyListView`` and one ``WaitForUpdatesEx``. The collector (and with it
-the filter) and the view are destroyed when the session closes, and also
-whenever a wait fails, so that no broken filter is reused.
+call), then blocks in ``WaitForUpdatesEx`` with a fixed ``maxWaitSeconds``.
+A task that ends within one wait therefore costs three round trips in all:
+the call that starts it, the ``ModifyListView`` and one ``WaitForUpdatesEx``.
+A wait that reports progress adds a filter on ``info.progress`` of its tasks
+to the same collector and destroys it in ``finally``. The collector (and
+with it every filter) and the view are destroyed when the session closes,
+and whenever a wait fails, so that no broken filter is reused.
+
+Why a ListView and not a filter on ``TaskManager.recentTask`` (which would
+save the ``ModifyListView``): the API reference says that property "should
+not be used for tracking Task completion ... a ListView is a better way to
+monitor a specific set of Task objects", and that servers after vSphere API
+5.0 "might not generate property collector update notifications" for it; it
+also holds every session's recent tasks (up to 200), whose changes would wake
+our waits. vcsim maintains it, but we must be right on vCenter.
+
+A task still running when it enters the view costs one more wait (the view
+change itself is an update); progress changes never wake a wait that does
+not report progress.
 """
 
 from __future__ import annotations
@@ -32,7 +46,8 @@ __all__ = ["ProgressCallback", "TaskWatcher", "wait_for_task", "wait_for_tasks"]
 
 log = logging.getLogger(__name__)
 
-TASK_PATHS = ("info.state", "info.error", "info.result", "info.progress")
+TASK_PATHS = ("info.state", "info.error", "info.result")
+PROGRESS_PATH = "info.progress"
 
 ProgressCallback = Callable[[TaskRef, int], None]
 
@@ -76,39 +91,82 @@ class TaskWatcher:
         """
         deadline = time.monotonic() + timeout
         reported: dict[str, int | None] = {}
-        while True:
-            with self._lock:
-                self._watch(tasks)
-                states = [self._states.get(t.ref.value) for t in tasks]
-                if all(s is not None and s.state in _DONE for s in states):
-                    self._finished.update(t.ref.value for t in tasks)
-                    return self._outcome(tasks)
-                failed = next(
-                    (t for t, s in zip(tasks, states, strict=True) if s and s.state == "error"),
-                    None,
+        progress: tuple[Any, Any] | None = None  # (collector, filter) for info.progress
+        try:
+            while True:
+                with self._lock:
+                    self._watch(tasks)
+                    if on_progress is not None and (
+                        progress is None or progress[0] is not self._collector
+                    ):
+                        progress = (self._collector, self._progress_filter(tasks))
+                    outcome = self._settled(tasks, deadline, timeout)
+                    if outcome is not None:
+                        return outcome
+                    self._wait_once()
+                    seen = [(t, self._states.get(t.ref.value)) for t in tasks]
+                if on_progress is not None:
+                    for task, state in seen:
+                        value = state.progress if state else None
+                        if value is not None and reported.get(task.ref.value) != value:
+                            reported[task.ref.value] = value
+                            on_progress(task, value)
+        finally:
+            if progress is not None:
+                self._destroy_progress_filter(*progress)
+
+    def _settled(
+        self, tasks: Sequence[TaskRef], deadline: float, timeout: float
+    ) -> list[Any] | None:
+        """The results if every task is done; raise if one failed or time is up."""
+        states = [self._states.get(t.ref.value) for t in tasks]
+        if all(s is not None and s.state in _DONE for s in states):
+            self._finished.update(t.ref.value for t in tasks)
+            return self._outcome(tasks)
+        failed = next(
+            (t for t, s in zip(tasks, states, strict=True) if s and s.state == "error"), None
+        )
+        if failed is not None:
+            self._finished.update(t.ref.value for t in tasks)
+            return self._outcome([failed])
+        if time.monotonic() >= deadline:
+            late = next(
+                t for t, s in zip(tasks, states, strict=True) if s is None or s.state not in _DONE
+            )
+            raise TaskTimeout(
+                f"{late.description} (task {late.ref.value}) did not finish within {timeout:g} s",
+                task=late,
+            )
+        return None
+
+    def _progress_filter(self, tasks: Sequence[TaskRef]) -> Any:
+        """A filter on ``info.progress`` of these tasks, on the same collector.
+
+        Progress is watched only for waits that report it: every change wakes
+        ``WaitForUpdatesEx``, and most waits only need the end.
+        """
+        session = self._session
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[
+                vmodl.query.PropertyCollector.ObjectSpec(obj=session.mo(t.ref), skip=False)
+                for t in tasks
+            ],
+            propSet=[
+                vmodl.query.PropertyCollector.PropertySpec(
+                    type=vim.Task, pathSet=[PROGRESS_PATH], all=False
                 )
-                if failed is not None:
-                    self._finished.update(t.ref.value for t in tasks)
-                    return self._outcome([failed])
-                if time.monotonic() >= deadline:
-                    late = next(
-                        t
-                        for t, s in zip(tasks, states, strict=True)
-                        if s is None or s.state not in _DONE
-                    )
-                    raise TaskTimeout(
-                        f"{late.description} (task {late.ref.value}) did not finish "
-                        f"within {timeout:g} s",
-                        task=late,
-                    )
-                self._wait_once()
-                progress = [(t, self._states.get(t.ref.value)) for t in tasks]
-            if on_progress is not None:
-                for task, state in progress:
-                    value = state.progress if state else None
-                    if value is not None and reported.get(task.ref.value) != value:
-                        reported[task.ref.value] = value
-                        on_progress(task, value)
+            ],
+        )
+        return session.invoke(self._collector, "CreateFilter", spec, partialUpdates=False)
+
+    def _destroy_progress_filter(self, collector: Any, progress_filter: Any) -> None:
+        with self._lock:
+            if collector is not self._collector:
+                return  # torn down with its collector already
+            try:
+                self._session.invoke(progress_filter, "DestroyPropertyFilter")
+            except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real error
+                log.debug("DestroyPropertyFilter failed: %s", exc)
 
     def close(self) -> None:
         """Destroy the collector (and its filter) and the view."""
