@@ -16,7 +16,15 @@ from pyVmomi import vim, vmodl
 from vmdk_snap.session import Session
 from vmdk_snap.types import Moref
 
-__all__ = ["VM_PATHS", "Obj", "Traverse", "moref_of", "retrieve", "vms_under_root"]
+__all__ = [
+    "VM_PATHS",
+    "Obj",
+    "Traverse",
+    "datastores_by_name",
+    "moref_of",
+    "retrieve",
+    "vms_under_root",
+]
 
 PC = vmodl.query.PropertyCollector
 
@@ -127,3 +135,26 @@ def vms_under_root(session: Session) -> Obj:
         ),
     )
     return Obj(session.content.rootFolder, (folder,), skip=True)
+
+
+def datastores_by_name(session: Session) -> dict[str, tuple[Moref, Moref]]:
+    """Every datastore by name, with its datacenter (one read)."""
+    folder = Traverse(
+        vim.Folder,
+        "childEntity",
+        name="dcfolder",
+        then=(Traverse(vim.Folder, "", name="dcfolder"), Traverse(vim.Datacenter, "datastore")),
+    )
+    found = retrieve(
+        session,
+        [Obj(session.content.rootFolder, (folder,), skip=True)],
+        {vim.Datacenter: ["datastore"], vim.Datastore: ["name"]},
+    )
+    names = {f.ref: str(f.props.get("name", "")) for f in found if f.ref.type == "Datastore"}
+    out: dict[str, tuple[Moref, Moref]] = {}
+    for f in found:
+        if f.ref.type == "Datacenter":
+            for ds in f.props.get("datastore") or ():
+                ref = moref_of(ds)
+                out[names.get(ref, ref.value)] = (ref, f.ref)
+    return out

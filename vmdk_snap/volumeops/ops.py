@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pyVmomi import VmomiSupport, vim
@@ -29,23 +28,20 @@ from vmdk_snap.volumeops.collect import (
     Found,
     Obj,
     Traverse,
+    datastores_by_name,
     moref_of,
     retrieve,
     vms_under_root,
 )
 from vmdk_snap.volumeops.convert import disks_of, vm_info
+from vmdk_snap.volumeops.specs import add_disk, remove_disk
+from vmdk_snap.volumeops.started import started_check
 
 __all__ = ["DEFAULT_TASK_TIMEOUT", "VolumeOps"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TASK_TIMEOUT = 1800.0
-
-# A task queued this long before our (estimated) send time is not ours: the
-# estimate comes from the login time vCenter reported, to the second.
-_STARTED_SLACK = timedelta(seconds=2)
-
-_TASK_PATHS = ("info.entity", "info.queueTime", "info.descriptionId")
 
 
 def _vm_name(volume_id: str) -> str:
@@ -349,8 +345,8 @@ class VolumeOps:
         add: Sequence[DiskSpec] = (),
         extra_config: Mapping[str, str] | None = None,
     ) -> TaskRef:
-        changes = [_remove_disk(disk, destroy) for disk, destroy in remove]
-        changes += [_add_disk(spec, -(100 + i)) for i, spec in enumerate(add)]
+        changes = [remove_disk(disk, destroy) for disk, destroy in remove]
+        changes += [add_disk(spec, -(100 + i)) for i, spec in enumerate(add)]
         spec = vim.vm.ConfigSpec(deviceChange=changes)
         if extra_config:
             spec.extraConfig = [
@@ -455,113 +451,20 @@ class VolumeOps:
         *args: Any,
         **kwargs: Any,
     ) -> TaskRef:
-        check = self._started_check(method, entities)
+        check = started_check(self.session, method, entities)
         task = self.session.invoke(obj, method, *args, started=check, **kwargs)
         return TaskRef(moref_of(task), what)
-
-    def _started_check(self, method: str, entities: list[Any]) -> Callable[[datetime], Any]:
-        """How to tell, after a lost answer, whether ``method`` started a task.
-
-        Looks for a task of the same kind on the same object (or its VM),
-        queued since the call was sent, among vCenter's recent tasks.
-        """
-        kind = method.lower()[
-            :6
-        ]  # createSnapshot, remove..., relocate, reconfig..., consolidate...
-
-        def check(sent_at: datetime) -> Any:
-            session = self.session
-            targets = {moref_of(e) for e in entities}
-            snapshots = [e for e in entities if isinstance(e, vim.vm.Snapshot)]
-            if snapshots:
-                for f in retrieve(session, [Obj(s) for s in snapshots], {vim.vm.Snapshot: ["vm"]}):
-                    if f.props.get("vm") is not None:
-                        targets.add(moref_of(f.props["vm"]))
-            starts = [
-                Obj(session.content.taskManager, (Traverse(vim.TaskManager, "recentTask"),), True)
-            ]
-            starts += [
-                Obj(session.mo(t), (Traverse(vim.ManagedEntity, "recentTask"),), True)
-                for t in targets
-                if t.type == "VirtualMachine"
-            ]
-            for f in retrieve(session, starts, {vim.Task: _TASK_PATHS}):
-                entity = f.props.get("info.entity")
-                queued = f.props.get("info.queueTime")
-                described = str(f.props.get("info.descriptionId", "")).rsplit(".", 1)[-1]
-                if (
-                    entity is not None
-                    and moref_of(entity) in targets
-                    and described.lower().startswith(kind)
-                    and queued is not None
-                    and queued >= sent_at - _STARTED_SLACK
-                ):
-                    return f.obj
-            return None
-
-        return check
 
     def _datastore_and_datacenter(self, name: str) -> tuple[Moref, Moref]:
         with self._lock:
             if self._datastores is None:
-                self._datastores = self._read_datastores()
+                self._datastores = datastores_by_name(self.session)
             known = self._datastores
         if name not in known:
             raise NotFound(f"no datastore named {name!r}", hint="check the datastore in the path")
         return known[name]
 
-    def _read_datastores(self) -> dict[str, tuple[Moref, Moref]]:
-        session = self.session
-        folder = Traverse(
-            vim.Folder,
-            "childEntity",
-            name="dcfolder",
-            then=(Traverse(vim.Folder, "", name="dcfolder"), Traverse(vim.Datacenter, "datastore")),
-        )
-        found = retrieve(
-            session,
-            [Obj(session.content.rootFolder, (folder,), skip=True)],
-            {vim.Datacenter: ["datastore"], vim.Datastore: ["name"]},
-        )
-        names = {f.ref: str(f.props.get("name", "")) for f in found if f.ref.type == "Datastore"}
-        out: dict[str, tuple[Moref, Moref]] = {}
-        for f in found:
-            if f.ref.type == "Datacenter":
-                for ds in f.props.get("datastore") or ():
-                    ref = moref_of(ds)
-                    out[names.get(ref, ref.value)] = (ref, f.ref)
-        return out
-
 
 def _plain(result: Any) -> Moref | None:
     """A task result as a Moref (the tasks we start return objects or nothing)."""
     return moref_of(result) if isinstance(result, VmomiSupport.ManagedObject) else None
-
-
-def _remove_disk(disk: Disk, destroy: bool) -> Any:
-    device = vim.vm.device.VirtualDisk(
-        key=disk.key,
-        controllerKey=disk.controller_key,
-        unitNumber=disk.unit,
-        capacityInKB=disk.capacity_kb,
-        backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-            fileName=disk.path, diskMode=disk.mode
-        ),
-    )
-    return vim.vm.device.VirtualDeviceSpec(
-        operation="remove", device=device, fileOperation="destroy" if destroy else None
-    )
-
-
-def _add_disk(disk: DiskSpec, key: int) -> Any:
-    backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=disk.path, diskMode=disk.mode)
-    if disk.uuid:
-        backing.uuid = disk.uuid
-    device = vim.vm.device.VirtualDisk(
-        key=key,
-        controllerKey=disk.controller_key,
-        unitNumber=disk.unit,
-        capacityInKB=disk.capacity_kb,
-        backing=backing,
-    )
-    return vim.vm.device.VirtualDeviceSpec(operation="add", device=device)
