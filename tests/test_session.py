@@ -15,7 +15,9 @@ from vmdk_snap.errors import (
     CertificateError,
     ConnectionFailed,
     NotFound,
+    TaskFailed,
     TransientError,
+    VsphereFault,
     fault_name,
 )
 from vmdk_snap.session import RetryPolicy, Session
@@ -294,3 +296,52 @@ def test_threads_share_one_session_and_one_re_login(
     # the one new login.
     assert session.calls["Login"] == 1
     assert 13 <= session.calls["RetrievePropertiesEx"] <= 24
+
+
+@pytest.mark.live
+def test_task_in_progress_is_retried_after_a_wait(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.inject_fault("CreateSnapshot_Task", kind="soap", fault="TaskInProgress", count=2)
+    vc.ctl.reset_calls()
+    ops.create_snapshot(vm(vol["moref"]), "third-time")
+    assert vc.ctl.calls()["CreateSnapshot_Task"] == 3
+    assert [n.name for n in ops.get_vm(vm(vol["moref"])).all_snapshots()] == ["third-time"]
+
+
+@pytest.mark.live
+def test_a_lost_remove_that_ran_is_not_repeated(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    keep = ops.create_snapshot(backing, "keep")
+    drop = ops.create_snapshot(backing, "drop")
+    vc.ctl.inject_fault("RemoveSnapshot_Task", kind="drop_after")
+    vc.ctl.reset_calls()
+    ops.remove_snapshot(drop)
+    assert vc.ctl.calls()["RemoveSnapshot_Task"] == 1
+    assert [n.ref for n in ops.get_vm(backing).all_snapshots()] == [keep]
+
+
+@pytest.mark.live
+def test_unknown_faults_keep_the_original(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.inject_fault("CreateSnapshot_Task", kind="task", fault="DuplicateName")
+    with pytest.raises(TaskFailed) as err:
+        ops.create_snapshot(vm(vol["moref"]), "dup")
+    assert type(err.value) is TaskFailed
+    assert fault_name(err.value.fault) == "DuplicateName"
+    assert err.value.task is not None
+    vc.ctl.inject_fault("RetrievePropertiesEx", kind="soap", fault="InvalidProperty")
+    with pytest.raises(VsphereFault) as read_err:
+        ops.get_vm(vm(vol["moref"]))
+    assert fault_name(read_err.value.fault) == "InvalidProperty"
+    assert read_err.value.task is None
+    assert "RetrievePropertiesEx" in one_line(read_err.value)
