@@ -171,7 +171,8 @@ def test_detached_volume_snapshot_revert_delete_and_delete_again(cli: Cli) -> No
 
     made = cli("snapshot", vol["id"], "--name", "s1")
     assert made.code == 0, made.err
-    assert made.out.startswith("created snapshot s1 (snapshot-")
+    assert made.out.startswith(f"volume-{vol['id']}: snapshot s1 (snapshot-")
+    assert ", created 20" in made.out
     key = _disk_key(cli, vol["id"])
     ctl.write(backing, key, "after-s1")
     assert "after-s1" in ctl.read_disk(backing, key)["tokens"]

@@ -55,7 +55,7 @@ def test_one_failing_volume_among_many_does_not_stop_the_others(cli: Cli) -> Non
     assert rows[attached][0] == "FAILED (4)"
     assert rows[attached][1].endswith("pass --force to snapshot it while attached")
     assert rows[good[1]][0] == "ok"
-    assert rows[good[1]][1].startswith("created nightly (snapshot-")
+    assert rows[good[1]][1].startswith("snapshot nightly (snapshot-")
     for vid in good:
         assert snapshot_names(cli, vid) == ["nightly"]
     assert snapshot_names(cli, attached) == []

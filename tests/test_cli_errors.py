@@ -185,3 +185,32 @@ def test_insecure_works_and_warns_in_one_line(cli: Cli) -> None:
     assert r.code == 0
     assert r.line.startswith("vmdk-snap: warning: not verifying the certificate of https://")
     assert "--ca-file or --thumbprint" in r.line
+
+
+@pytest.mark.cassette
+def test_failure_past_the_point_of_no_return_is_exit_9_and_recover_finishes_it(cli: Cli) -> None:
+    ctl = cli.target.ctl
+    vol = ctl.scenario("attached-volume-moved")["volumes"][0]
+    # The last step (deleting the stale copy) fails after the instance
+    # snapshot is gone: the workflow can only go forward, later.
+    ctl.inject_fault("DeleteVirtualDisk_Task", "task", "CannotDeleteFile", match=vol["id"])
+    try:
+        r = cli("snapshot", vol["id"], "--name", "s9", "--force")
+    finally:
+        ctl.clear_faults()
+    assert r.code == 9, r.err
+    assert "vmdk-snap recover" in r.line
+
+    again = cli("snapshot", vol["id"], "--name", "s10", "--force")
+    assert again.code == 4
+    assert "run `vmdk-snap recover` first" in again.line
+
+    doc = cli("recover", "--json").json()
+    assert [(w["kind"], w["volume"], w["outcome"]) for w in doc["workflows"]] == [
+        ("snapshot_attached", vol["id"], "finished")
+    ]
+    assert vol["vmdk"] not in ctl.files("ds-shared-1")
+    after = cli("list", vol["id"], "--json").json()
+    assert [s["name"] for s in after["snapshots"]] == ["s9"]
+    assert after["duplicated"] is False
+    assert cli("recover").out == "no interrupted workflows: nothing to recover\n"

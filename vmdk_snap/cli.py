@@ -36,7 +36,7 @@ for the password, a prompt on a terminal. The password is never a flag.
 
 Exit codes: 0 ok, 1 unexpected, 2 usage/input/config, 3 not found,
 4 wrong state, 5 busy, 6 connection/certificate/login, 7 vCenter task failed,
-8 batch with failures, 130 interrupted.
+8 partial (batch, check --all), 9 run 'vmdk-snap recover', 130 interrupted.
 """
 
 

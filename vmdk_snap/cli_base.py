@@ -11,7 +11,8 @@ Exit codes (stable, documented in the README):
 5  busy: another workflow holds the volume, or vCenter says a task is running
 6  cannot connect: connection refused, certificate, login
 7  vCenter refused the operation or its task failed (the workflow was rolled back)
-8  batch: at least one volume failed (the others were done)
+8  partial: batch or check --all, some volumes failed (the others were done)
+9  a workflow could neither finish nor roll back: run ``vmdk-snap recover``
 130 interrupted (Ctrl-C)
 == ====================================================================
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from vmdk_snap import errors
 from vmdk_snap.config import ConfigError, Overrides, Settings, load_settings
 from vmdk_snap.driver import Driver, Volume
+from vmdk_snap.engine import Incomplete, RollbackFailed
 from vmdk_snap.output import Output
 from vmdk_snap.session import Session
 
@@ -39,6 +41,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_PARTIAL",
+    "EXIT_RECOVER",
     "EXIT_STATE",
     "EXIT_TASK",
     "EXIT_UNEXPECTED",
@@ -60,6 +63,7 @@ EXIT_BUSY = 5
 EXIT_CONNECTION = 6
 EXIT_TASK = 7
 EXIT_PARTIAL = 8
+EXIT_RECOVER = 9
 EXIT_INTERRUPTED = 130
 
 _VOLUME_RE = re.compile(r"^(?:volume-)?[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
@@ -87,6 +91,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_INTERRUPTED, "interrupted"
     # Order matters: FileLocked is both TaskFailed and Busy, and is "busy".
     table: list[tuple[type[BaseException], int, str]] = [
+        (RollbackFailed, EXIT_RECOVER, "needs_recovery"),
+        (Incomplete, EXIT_RECOVER, "needs_recovery"),
         (errors.NotFound, EXIT_NOT_FOUND, "not_found"),
         (errors.InvalidState, EXIT_STATE, "wrong_state"),
         (errors.Busy, EXIT_BUSY, "busy"),

@@ -120,7 +120,7 @@ def _one(ctx: Context, workers: _Workers, text: str) -> Outcome:
         driver = workers.driver()
         if a.operation == "snapshot":
             node = driver.create_snapshot(volume, a.name, force=a.force, quiesce=a.quiesce)
-            message = f"created {node.name} ({node.ref.value})"
+            message = f"snapshot {views.snapshot_line(node)}"
         elif a.operation == "delete":
             gone = not driver.delete_snapshot(volume, a.name)
             message = "already gone" if gone else f"deleted {a.name}"

@@ -75,7 +75,7 @@ def run_snapshot(ctx: Context) -> int:
             )
         finally:
             progress.close()
-    ctx.out.text(f"created snapshot {node.name} ({node.ref.value}) of volume-{volume.id}")
+    ctx.out.text(f"volume-{volume.id}: snapshot {views.snapshot_line(node)}")
     ctx.out.document("snapshot", {"volume": volume.id, "snapshot": views.snapshot_doc(node)})
     return EXIT_OK
 

@@ -26,6 +26,7 @@ __all__ = [
     "recovery_doc",
     "show_plan",
     "snapshot_doc",
+    "snapshot_line",
     "volume_doc",
 ]
 
@@ -42,6 +43,13 @@ def snapshot_doc(node: SnapshotNode) -> dict[str, Any]:
         "quiesced": node.quiesced,
         "children": [snapshot_doc(c) for c in node.children],
     }
+
+
+def snapshot_line(node: SnapshotNode) -> str:
+    """``s1 (snapshot-41), created ...``: the creation time shows whether the
+    snapshot was made now or already existed (a name is never taken twice)."""
+    when = f", created {node.created:%Y-%m-%d %H:%M:%S %Z}".rstrip() if node.created else ""
+    return f"{node.name} ({node.ref.value}){when}"
 
 
 def _snapshot_tree(nodes: Iterable[SnapshotNode], current: str | None) -> tuple[TreeNode, ...]:
