@@ -10,11 +10,13 @@ demo exits 0 only if each did what it should.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 from vmdk_snap.testing import Simulator
 
@@ -36,6 +38,13 @@ def run(args: list[str], env: dict[str, str], expect: int = OK) -> None:
         print(f"(exit code {proc.returncode}, as expected)", flush=True)
 
 
+def quietly(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """A command's --json document, for the demo's own checks (not shown)."""
+    out = subprocess.run([*vmdk_snap(), *args, "--json"], env=env, check=True, capture_output=True)
+    doc: dict[str, Any] = json.loads(out.stdout)
+    return doc
+
+
 def main() -> int:
     with Simulator() as sim, tempfile.TemporaryDirectory(prefix="vmdk-snap-demo-") as tmp:
         info = sim.info
@@ -55,7 +64,11 @@ def main() -> int:
             VMDK_SNAP_CA_FILE=info.ca_file,
             VMDK_SNAP_JOURNAL=os.path.join(tmp, "journal.sqlite"),
         )
+        ctl = sim.control()
         volume = seeded["volumes"][0]["id"]
+        disk = int(quietly(["list", volume], env)["instance"]["disk"]["key"])
+        content = ctl.read_disk(inst["moref"], disk)["tokens"]
+        print(f"\n(simulator) the guest sees on this volume: {content}")
         run(["check", volume], env)
         run(["list", volume], env)
         run(["snapshot", volume, "--name", "snap-1", "--dry-run", "--force"], env)
@@ -63,6 +76,15 @@ def main() -> int:
         run(["snapshot", volume, "--name", "snap-1", "--force"], env)
         run(["list", volume], env)
         run(["check", "--all"], env)
+
+        ctl.write(inst["moref"], disk, "after-snap-1")
+        doc = quietly(["list", volume], env)
+        held = ctl.read_snapshot(doc["snapshots"][0]["moref"], doc["backing"]["disk"]["key"])
+        now = ctl.read_disk(inst["moref"], disk)["tokens"]
+        print(f"\n(simulator) the guest wrote more; it now sees: {now}")
+        print(f"(simulator) snapshot snap-1 still holds:      {held['tokens']}")
+        if held["tokens"] != content or now != [*content, "after-snap-1"]:
+            raise SystemExit("demo: the snapshot does not hold the volume's content")
     return 0
 
 
