@@ -428,3 +428,25 @@ def test_plan_changes_nothing(vc: Target, ops: Any, tmp_path: Path) -> None:
     assert "no data is copied" in plan.steps[0].description
     assert vol["vmdk"] in plan.steps[-1].description
     assert driver.journal.workflows() == []
+
+
+@pytest.mark.live
+def test_progress_is_reported_for_each_step(vc: Target, ops: Any, tmp_path: Path) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    seen: list[tuple[str, int | None]] = []
+    vc.ctl.set_default_task_time(400)
+    try:
+        driver.create_snapshot(
+            Volume(vol["id"], "in-use", inst["uuid"]),
+            "snapshot-1",
+            force=True,
+            on_progress=lambda step, pct: seen.append((step, pct)),
+        )
+    finally:
+        vc.ctl.reset_timing()
+    steps = ["snapshot_instance", "snapshot_backing", "hand_over_top", "remove_instance_snapshot"]
+    assert [s for s in dict.fromkeys(step for step, _ in seen)] == steps
+    assert all(p is None or 0 <= p <= 100 for _, p in seen)
+    assert any(p is not None and 0 < p < 100 for _, p in seen)  # fed by the tasks' progress

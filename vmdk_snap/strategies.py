@@ -26,14 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vmdk_snap.errors import InvalidState, NotFound
+from vmdk_snap.stepctx import disk_json, ref_json
 from vmdk_snap.types import Disk, SnapshotNode, VmInfo, datastore_of
-from vmdk_snap.workflow import (
-    ALLOW_SHARING,
-    CHILD_MOST,
-    disk_json,
-    ref_json,
-    temp_snapshot_name,
-)
+from vmdk_snap.workflow import ALLOW_SHARING, CHILD_MOST, temp_snapshot_name
 
 __all__ = [
     "AttachedStrategy",

@@ -65,14 +65,21 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from vmdk_snap.engine import Changes, Context, Step
+from vmdk_snap.engine import Changes, Step
 from vmdk_snap.errors import InvalidInput, NotFound
-from vmdk_snap.types import Disk, DiskLocator, DiskSpec, Moref, TaskRef, VmInfo, datastore_of
-from vmdk_snap.volumeops import VolumeOps
-from vmdk_snap.volumeops.collect import moref_of
+from vmdk_snap.stepctx import (
+    OpsContext,
+    directory,
+    disk_of,
+    only_disk,
+    ref_json,
+    ref_of,
+    set_backing_disk,
+    spec_for,
+)
+from vmdk_snap.types import DiskLocator, datastore_of
 
 __all__ = [
     "ALLOW_SHARING",
@@ -121,125 +128,6 @@ def temp_snapshot_name(name: str) -> str:
     return TEMP_PREFIX + name
 
 
-# -- the context the steps share ------------------------------------------------
-
-
-@dataclass
-class OpsContext(Context):
-    """Steps' context: the journaled params plus the vSphere operations."""
-
-    ops: VolumeOps = field(kw_only=True)
-    # The latest read of each VM (not journaled): lets the driver answer
-    # without reading again.
-    seen: dict[str, VmInfo] = field(default_factory=dict, kw_only=True)
-    settle_timeout: float = field(default=600.0, kw_only=True)
-    settled: bool | None = field(default=None, kw_only=True)  # outcome of the task settled
-
-    def run(self, task: TaskRef) -> Any:
-        """Journal a started task, wait for it (feeding progress), return its result."""
-        self.task_started(task)
-        return self.ops.wait(task, None, lambda _t, pct: self.progress(pct))
-
-    def run_for_ref(self, task: TaskRef) -> Moref:
-        """:meth:`run` for a task whose result is a managed object (a snapshot)."""
-        result = self.run(task)
-        return result if isinstance(result, Moref) else moref_of(result)
-
-    def vm(self, key: str) -> Moref:
-        return ref_of(self.params[key])
-
-    def read(self, key: str) -> VmInfo:
-        info = self.ops.get_vm(self.vm(key))
-        self.seen[key] = info
-        return info
-
-    def settle(self, task: str | None) -> None:
-        """Wait for a task a dead process started, so that checks see its outcome."""
-        if not task:
-            return
-        ref = TaskRef(Moref("Task", task), f"task {task} of an interrupted workflow")
-        try:
-            self.ops.wait(ref, self.settle_timeout)
-            self.settled = True
-        except Exception as exc:  # noqa: BLE001  # its outcome is what the check reads next
-            log.info("interrupted task %s ended with: %s", task, exc)
-            self.settled = False
-
-
-def ref_json(ref: Moref | None) -> list[str] | None:
-    return [ref.type, ref.value] if ref is not None else None
-
-
-def ref_of(value: Any) -> Moref:
-    return Moref(str(value[0]), str(value[1]))
-
-
-def disk_json(disk: Disk) -> dict[str, Any]:
-    return {
-        "key": disk.key,
-        "controller_key": disk.controller_key,
-        "unit": disk.unit,
-        "path": disk.path,
-        "chain": list(disk.chain),
-        "uuid": disk.uuid,
-        "capacity_kb": disk.capacity_kb,
-        "mode": disk.mode,
-    }
-
-
-def disk_of(d: dict[str, Any]) -> Disk:
-    return Disk(
-        key=int(d["key"]),
-        controller_key=int(d["controller_key"]),
-        unit=d["unit"],
-        path=str(d["path"]),
-        chain=tuple(d.get("chain") or (d["path"],)),
-        uuid=d.get("uuid"),
-        capacity_kb=int(d["capacity_kb"]),
-        mode=str(d["mode"]),
-    )
-
-
-def _only_disk(vm: VmInfo) -> Disk:
-    """A backing's one disk."""
-    if len(vm.disks) != 1:
-        raise NotFound(
-            f"backing {vm.name} has {len(vm.disks)} disks, expected one",
-            hint="check the backing VM in vCenter",
-        )
-    return vm.disks[0]
-
-
-def _directory(path: str) -> str:
-    """``[ds] dir`` of ``[ds] dir/file``: a VM's own deltas live in its directory."""
-    return path.rsplit("/", 1)[0]
-
-
-def _spec_for(disk: Disk, path: str) -> DiskSpec:
-    """Attach ``path`` where ``disk`` is: same controller, unit, size, mode, uuid."""
-    return DiskSpec(
-        path=path,
-        controller_key=disk.controller_key,
-        unit=disk.unit if disk.unit is not None else 0,
-        capacity_kb=disk.capacity_kb,
-        uuid=disk.uuid,
-        mode=disk.mode or "persistent",
-    )
-
-
-def _set_backing_disk(ctx: OpsContext, path: str, *, destroy_current: bool = False) -> None:
-    """Make ``path`` the backing's disk (one ReconfigVM), if it is not already."""
-    backing = ctx.read("backing")
-    current = _only_disk(backing)
-    if current.path == path:
-        return
-    ctx.run(
-        ctx.ops.start_reconfigure_disks(
-            backing.ref, remove=[(current, destroy_current)], add=[_spec_for(current, path)]
-        )
-    )
-
-
 # -- consolidation: 1. swap_backing_disk ----------------------------------------
 
 
@@ -257,16 +145,16 @@ def swap_backing_disk() -> Step[OpsContext]:
             ctx.ops.start_reconfigure_disks(
                 ctx.vm("backing"),
                 remove=[(old, False)],
-                add=[_spec_for(old, ctx.params["instance_top"])],
+                add=[spec_for(old, ctx.params["instance_top"])],
             )
         )
         return {"old": old.path, "new": ctx.params["instance_top"]}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
-        _set_backing_disk(ctx, changes["old"])
+        set_backing_disk(ctx, changes["old"])
 
     def check(ctx: OpsContext) -> Changes | None:
-        disk = _only_disk(ctx.read("backing"))
+        disk = only_disk(ctx.read("backing"))
         if disk.path == ctx.params["instance_top"]:
             return {"old": ctx.params["disk"]["path"], "new": disk.path}
         return None
@@ -321,7 +209,7 @@ def relocate_backing() -> Step[OpsContext]:
     def undo(ctx: OpsContext, changes: Changes) -> None:
         origin = changes["from"]
         backing = ctx.read("backing")
-        disk = _only_disk(backing)
+        disk = only_disk(backing)
         # Home back where it was; the disk stays on its datastore (no copy).
         here = ctx.ops.datastore_named(datastore_of(disk.path))
         ctx.run(
@@ -423,14 +311,14 @@ def snapshot_backing(*, attached: bool) -> Step[OpsContext]:
         # own fresh delta, keeping a file the instance uses), then removing the
         # snapshot merges nothing.
         backing = ctx.read("backing")
-        current = _only_disk(backing)
+        current = only_disk(backing)
         if current.path != changes["base"]:
-            own = _directory(current.path) == _directory(backing.vm_path_name)
+            own = directory(current.path) == directory(backing.vm_path_name)
             ctx.run(
                 ctx.ops.start_reconfigure_disks(
                     backing.ref,
                     remove=[(current, own)],
-                    add=[_spec_for(current, changes["base"])],
+                    add=[spec_for(current, changes["base"])],
                 )
             )
         ctx.run(ctx.ops.start_remove_snapshot(ref_of(changes["snapshot"]), False, True))
@@ -465,7 +353,7 @@ def hand_over_top() -> Step[OpsContext]:
     def do(ctx: OpsContext) -> Changes:
         backing, instance = ctx.ops.get_vms([ctx.vm("backing"), ctx.vm("instance")])
         ctx.seen.update(backing=backing, instance=instance)
-        current = _only_disk(backing)
+        current = only_disk(backing)
         disk = instance.disk_by_path(ctx.params["frozen"])
         if disk is None:
             raise NotFound(
@@ -474,19 +362,19 @@ def hand_over_top() -> Step[OpsContext]:
             )
         ctx.run(
             ctx.ops.start_reconfigure_disks(
-                backing.ref, remove=[(current, True)], add=[_spec_for(current, disk.path)]
+                backing.ref, remove=[(current, True)], add=[spec_for(current, disk.path)]
             )
         )
         return {"destroyed": current.path, "top": disk.path}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
         # The instance keeps writing to the shared file: detach it, keep it.
-        _set_backing_disk(ctx, ctx.params["frozen"])
+        set_backing_disk(ctx, ctx.params["frozen"])
 
     def check(ctx: OpsContext) -> Changes | None:
         backing, instance = ctx.ops.get_vms([ctx.vm("backing"), ctx.vm("instance")])
         disk = instance.disk_by_path(ctx.params["frozen"])
-        current = _only_disk(backing)
+        current = only_disk(backing)
         if disk is not None and current.path == disk.path:
             return {"destroyed": None, "top": disk.path}
         return None

@@ -1,0 +1,151 @@
+"""What the workflow steps share: the context and JSON forms of vSphere values.
+
+Steps of :mod:`vmdk_snap.workflow` get an :class:`OpsContext`: the workflow's
+journaled parameters (JSON, so that ``recover`` can rebuild the steps in
+another process), what earlier steps changed, and the vSphere operations.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmdk_snap.engine import Context
+from vmdk_snap.errors import NotFound
+from vmdk_snap.types import Disk, DiskSpec, Moref, TaskRef, VmInfo
+from vmdk_snap.volumeops import VolumeOps
+from vmdk_snap.volumeops.collect import moref_of
+
+__all__ = [
+    "OpsContext",
+    "directory",
+    "disk_json",
+    "disk_of",
+    "only_disk",
+    "ref_json",
+    "ref_of",
+    "set_backing_disk",
+    "spec_for",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpsContext(Context):
+    """Steps' context: the journaled params plus the vSphere operations."""
+
+    ops: VolumeOps = field(kw_only=True)
+    # The latest read of each VM (not journaled): lets the driver answer
+    # without reading again.
+    seen: dict[str, VmInfo] = field(default_factory=dict, kw_only=True)
+    settle_timeout: float = field(default=600.0, kw_only=True)
+    settled: bool | None = field(default=None, kw_only=True)  # outcome of the task settled
+
+    def run(self, task: TaskRef) -> Any:
+        """Journal a started task, wait for it (feeding progress), return its result."""
+        self.task_started(task)
+        if self.on_progress is None:
+            # Without a listener the wait needs no progress filter (fewer calls).
+            return self.ops.wait(task)
+        return self.ops.wait(task, None, lambda _t, pct: self.progress(pct))
+
+    def run_for_ref(self, task: TaskRef) -> Moref:
+        """:meth:`run` for a task whose result is a managed object (a snapshot)."""
+        result = self.run(task)
+        return result if isinstance(result, Moref) else moref_of(result)
+
+    def vm(self, key: str) -> Moref:
+        return ref_of(self.params[key])
+
+    def read(self, key: str) -> VmInfo:
+        info = self.ops.get_vm(self.vm(key))
+        self.seen[key] = info
+        return info
+
+    def settle(self, task: str | None) -> None:
+        """Wait for a task a dead process started, so that checks see its outcome."""
+        if not task:
+            return
+        ref = TaskRef(Moref("Task", task), f"task {task} of an interrupted workflow")
+        try:
+            self.ops.wait(ref, self.settle_timeout)
+            self.settled = True
+        except Exception as exc:  # noqa: BLE001  # its outcome is what the check reads next
+            log.info("interrupted task %s ended with: %s", task, exc)
+            self.settled = False
+
+
+def ref_json(ref: Moref | None) -> list[str] | None:
+    return [ref.type, ref.value] if ref is not None else None
+
+
+def ref_of(value: Any) -> Moref:
+    return Moref(str(value[0]), str(value[1]))
+
+
+def disk_json(disk: Disk) -> dict[str, Any]:
+    return {
+        "key": disk.key,
+        "controller_key": disk.controller_key,
+        "unit": disk.unit,
+        "path": disk.path,
+        "chain": list(disk.chain),
+        "uuid": disk.uuid,
+        "capacity_kb": disk.capacity_kb,
+        "mode": disk.mode,
+    }
+
+
+def disk_of(d: dict[str, Any]) -> Disk:
+    return Disk(
+        key=int(d["key"]),
+        controller_key=int(d["controller_key"]),
+        unit=d["unit"],
+        path=str(d["path"]),
+        chain=tuple(d.get("chain") or (d["path"],)),
+        uuid=d.get("uuid"),
+        capacity_kb=int(d["capacity_kb"]),
+        mode=str(d["mode"]),
+    )
+
+
+def only_disk(vm: VmInfo) -> Disk:
+    """A backing's one disk."""
+    if len(vm.disks) != 1:
+        raise NotFound(
+            f"backing {vm.name} has {len(vm.disks)} disks, expected one",
+            hint="check the backing VM in vCenter",
+        )
+    return vm.disks[0]
+
+
+def directory(path: str) -> str:
+    """``[ds] dir`` of ``[ds] dir/file``: a VM's own deltas live in its directory."""
+    return path.rsplit("/", 1)[0]
+
+
+def spec_for(disk: Disk, path: str) -> DiskSpec:
+    """Attach ``path`` where ``disk`` is: same controller, unit, size, mode, uuid."""
+    return DiskSpec(
+        path=path,
+        controller_key=disk.controller_key,
+        unit=disk.unit if disk.unit is not None else 0,
+        capacity_kb=disk.capacity_kb,
+        uuid=disk.uuid,
+        mode=disk.mode or "persistent",
+    )
+
+
+def set_backing_disk(ctx: OpsContext, path: str, *, destroy_current: bool = False) -> None:
+    """Make ``path`` the backing's disk (one ReconfigVM), if it is not already."""
+    backing = ctx.read("backing")
+    current = only_disk(backing)
+    if current.path == path:
+        return
+    ctx.run(
+        ctx.ops.start_reconfigure_disks(
+            backing.ref, remove=[(current, destroy_current)], add=[spec_for(current, path)]
+        )
+    )
