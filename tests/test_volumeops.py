@@ -7,11 +7,12 @@ exactly with the session's own counter (the same in both tiers).
 from __future__ import annotations
 
 import pytest
+from pyVmomi import vim
 
 from tests.conftest import Target
 from vmdk_snap.errors import FileLocked, InvalidInput, NotFound, fault_name
 from vmdk_snap.session import Session
-from vmdk_snap.types import DiskLocator, DiskSpec, Moref
+from vmdk_snap.types import DiskLocator, DiskSpec, Moref, TaskRef
 from vmdk_snap.volumeops import VolumeOps
 
 
@@ -345,3 +346,23 @@ def test_delete_disk_file_removes_its_files(vc: Target, session: Session, ops: V
     assert vol["vmdk"].replace(".vmdk", "-flat.vmdk") not in remaining
     with pytest.raises(NotFound):
         ops.delete_disk_file("[no-such-ds] x/x.vmdk")
+
+
+@pytest.mark.cassette
+def test_find_backing_falls_back_to_the_volume_name(
+    vc: Target, session: Session, ops: VolumeOps
+) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    # A backing created before the driver set instanceUuid: only its name tells.
+    other = "11111111-2222-5333-8444-555555555555"
+    task = session.invoke(
+        session.mo(vm(vol["moref"])),
+        "ReconfigVM_Task",
+        spec=vim.vm.ConfigSpec(instanceUuid=other),
+    )
+    ops.wait(TaskRef(Moref("Task", task._moId), "rename uuid"))
+    assert ops.get_vm(vm(vol["moref"])).instance_uuid == other
+
+    session.reset_calls()
+    assert ops.find_backing(vol["id"]) == vm(vol["moref"])
+    assert session.calls == {"FindByUuid": 1, "RetrievePropertiesEx": 1}
