@@ -409,7 +409,14 @@ def remove_instance_snapshot() -> Step[OpsContext]:
         gone = ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None
         return {"removed": ctx.results["snapshot_instance"]["snapshot"]} if gone else None
 
-    return Step("remove_instance_snapshot", describe, do, None, check, undo_text="")
+    return Step(
+        "remove_instance_snapshot",
+        describe,
+        do,
+        None,
+        check,
+        undo_text="none: the point of no return; after it recover finishes the workflow",
+    )
 
 
 # -- 7. delete_stale_copy ----------------------------------------------------------------
@@ -424,15 +431,23 @@ def delete_stale_copy() -> Step[OpsContext]:
         for path in ctx.params["stale"]:
             try:
                 ctx.run(ctx.ops.start_delete_disk_file(path))
-            except NotFound:
-                log.info("stale file %s is already gone", path)
+            except NotFound as exc:
+                # Expected when recovery runs the step again; otherwise worth a look.
+                log.warning("could not delete stale copy %s (already gone?): %s", path, exc)
             deleted.append(path)
         return {"deleted": deleted}
 
     def check(ctx: OpsContext) -> Changes | None:
         return None  # deleting again is harmless: recovery simply runs the step
 
-    return Step("delete_stale_copy", describe, do, None, check)
+    return Step(
+        "delete_stale_copy",
+        describe,
+        do,
+        None,
+        check,
+        undo_text="none: after the point of no return; recover retries it",
+    )
 
 
 # -- detached volumes: delete and revert ------------------------------------------------
