@@ -492,3 +492,17 @@ def test_consolidation_of_a_volume_with_earlier_snapshots(
     # The first snapshot still holds what it held, where it was.
     assert vc.ctl.read_snapshot(got["node"].ref.value, 2000)["tokens"] == got["tokens"]
     assert instance.host is not None
+
+
+@pytest.mark.live
+def test_recover_leaves_a_workflow_whose_process_is_alive(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    driver = make_driver(ops, tmp_path)
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    assert driver.recover() == []
+    wf = driver.journal.begin("snapshot", vol["id"], {"name": "snapshot-1"})
+    with VolumeLock(driver.journal.directory, vol["id"]):  # its process still runs
+        (result,) = driver.recover()
+    assert (result.workflow_id, result.outcome) == (wf, "busy")
+    assert [r.id for r in driver.journal.unfinished()] == [wf]
