@@ -827,3 +827,35 @@ def test_destroy_keeps_files_another_vm_uses(vc: Target) -> None:
 
         _ok(si, backing.Destroy_Task())
     assert not any(vol["name"] in f or name in f for f in vc.ctl.files("ds-shared-1"))
+
+
+@pytest.mark.live
+def test_delete_virtual_disk_deletes_deltas_and_refuses_files_in_use(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vmdk = vol["vmdk"]
+    d1 = vmdk.replace(".vmdk", "-000001.vmdk")
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        _snapshot(si, vm, "s1")
+        content = si.RetrieveContent()
+        manager = content.virtualDiskManager
+        datacenter = props(si, content.rootFolder, "childEntity")["childEntity"][0]
+
+        fault = _error(_run(si, manager.DeleteVirtualDisk_Task(d1, datacenter)))
+        assert isinstance(fault, vim.fault.FileLocked)
+
+        disk = _disks(si, vm)[0]
+        _ok(si, vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[remove_disk_change(disk)])))
+        _ok(si, manager.DeleteVirtualDisk_Task(d1, datacenter))
+        files = vc.ctl.files("ds-shared-1")
+        assert d1 not in files
+        assert d1.replace(".vmdk", "-delta.vmdk") not in files
+
+        # The snapshot still holds the base.
+        fault = _error(_run(si, manager.DeleteVirtualDisk_Task(vmdk, datacenter)))
+        assert isinstance(fault, vim.fault.FileLocked)
+        assert vmdk in vc.ctl.files("ds-shared-1")
+
+        fault = _error(_run(si, manager.DeleteVirtualDisk_Task(d1, datacenter)))
+        assert isinstance(fault, vim.fault.FileNotFound)
