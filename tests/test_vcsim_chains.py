@@ -859,3 +859,30 @@ def test_delete_virtual_disk_deletes_deltas_and_refuses_files_in_use(vc: Target)
 
         fault = _error(_run(si, manager.DeleteVirtualDisk_Task(d1, datacenter)))
         assert isinstance(fault, vim.fault.FileNotFound)
+
+
+@pytest.mark.live
+def test_disk_locator_move_type_applies_to_its_disk(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name = inst["name"]
+    with connect(vc) as si:
+        vm = _vm(si, inst["moref"])
+        root_key = _key_of(si, vm, inst["root_vmdk"])
+        vol_key = _key_of(si, vm, vol["vmdk"])
+        _snapshot(si, vm, "s1")
+        ds2 = _datastore(si, "ds-shared-2")
+        locator = vim.vm.RelocateSpec.DiskLocator(
+            diskId=vol_key, datastore=ds2, diskMoveType="moveChildMostDiskBacking"
+        )
+
+        _ok(si, vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=ds2, disk=[locator])))
+
+        assert _chain(_disk(si, vm, root_key).backing) == [
+            f"[ds-shared-2] {name}/{name}-000001.vmdk",
+            f"[ds-shared-2] {name}/{name}.vmdk",
+        ]
+        assert _chain(_disk(si, vm, vol_key).backing) == [
+            f"[ds-shared-2] {name}/{vol['name']}-000001.vmdk",
+            vol["vmdk"],
+        ]

@@ -9,7 +9,7 @@ package main
 // a volume's old copy stays with its backing VM after the instance it is
 // attached to is storage-vMotioned.
 //
-// diskMoveType:
+// diskMoveType (the spec's, or a disk locator's for its disk):
 //   - moveAllDiskBackingsAndDisallowSharing (the default): a chain that
 //     moves is copied whole into the VM's directory on the target, even
 //     files already on the target datastore;
@@ -138,17 +138,21 @@ func (s *sim) planRelocation(vm *simulator.VirtualMachine, spec types.VirtualMac
 	if fault != nil {
 		return nil, fault
 	}
+	defaultMove := spec.DiskMoveType
+	if defaultMove == "" {
+		defaultMove = string(types.VirtualMachineRelocateDiskMoveOptionsMoveAllDiskBackingsAndDisallowSharing)
+	}
 	locators := map[int32]string{}
+	moveTypes := map[int32]string{}
 	for _, loc := range spec.Disk {
 		name, fault := datastoreName(&loc.Datastore)
 		if fault != nil {
 			return nil, fault
 		}
 		locators[loc.DiskId] = name
-	}
-	moveType := spec.DiskMoveType
-	if moveType == "" {
-		moveType = string(types.VirtualMachineRelocateDiskMoveOptionsMoveAllDiskBackingsAndDisallowSharing)
+		if loc.DiskMoveType != "" {
+			moveTypes[loc.DiskId] = loc.DiskMoveType
+		}
 	}
 
 	plan.homeFrom = vmHome(vm)
@@ -196,6 +200,10 @@ func (s *sim) planRelocation(vm *simulator.VirtualMachine, spec types.VirtualMac
 		ds := target
 		if l, ok := locators[c.Disk.Key]; ok {
 			ds = l
+		}
+		moveType := defaultMove
+		if m, ok := moveTypes[c.Disk.Key]; ok {
+			moveType = m
 		}
 		if ds == "" {
 			continue
