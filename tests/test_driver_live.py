@@ -22,6 +22,7 @@ from tests.workflow_checks import (
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.errors import Busy, InvalidInput, InvalidState, NotFound
 from vmdk_snap.locks import VolumeLock
+from vmdk_snap.types import DiskSpec
 
 
 @pytest.fixture
@@ -504,3 +505,27 @@ def test_recover_leaves_a_workflow_whose_process_is_alive(
         (result,) = driver.recover()
     assert (result.workflow_id, result.outcome) == (wf, "busy")
     assert [r.id for r in driver.journal.unfinished()] == [wf]
+
+
+@pytest.mark.live
+def test_independent_disk_cannot_be_snapshotted_attached(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = volume_disk_key(ops, vol, inst["moref"])
+    disk = next(d for d in ops.get_vm(vm(inst["moref"])).disks if d.key == key)
+    spec = DiskSpec(
+        disk.path,
+        disk.controller_key,
+        disk.unit or 0,
+        disk.capacity_kb,
+        disk.uuid,
+        "independent_persistent",
+    )
+    ops.reconfigure_disks(vm(inst["moref"]), remove=[(disk, False)], add=[spec])
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    with pytest.raises(InvalidState, match="independent_persistent disk, which vSphere leaves"):
+        driver.create_snapshot(Volume(vol["id"]), "snapshot-1", force=True)
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before

@@ -133,6 +133,13 @@ class AttachedStrategy:
     """An ``in-use`` volume: consolidate, then snapshot through the instance."""
 
     def take(self, state: VolumeState, name: str, *, quiesce: bool) -> WorkflowSpec:
+        if state.volume_disk is not None and state.volume_disk.independent:
+            raise InvalidState(
+                f"volume {state.volume_id} is attached to instance {_who(state)} as an "
+                f"{state.volume_disk.mode} disk, which vSphere leaves out of instance "
+                "snapshots: its data cannot be frozen while attached",
+                hint="detach the volume and snapshot it as an available volume",
+            )
         params = self._params(state, name)
         params.update(
             quiesce=quiesce,
