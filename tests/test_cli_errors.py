@@ -93,10 +93,12 @@ def test_bad_snapshot_names_are_refused_before_connecting(cli: Cli, name: str, s
 
 @pytest.mark.cassette
 def test_wrong_password_is_exit_6_one_line(cli: Cli) -> None:
+    cli.target.ctl.reset_calls()
     r = cli("list", UNKNOWN, env=cli.env | {"VMDK_SNAP_PASSWORD": "not-the-password"})
     assert r.code == 6
     assert "rejected the user name or password" in r.line
     assert "not-the-password" not in r.err
+    assert tasks_started(cli.target.ctl.calls()) == {}
 
 
 def test_closed_port_is_exit_6_one_line(tmp_path: Path) -> None:
@@ -214,3 +216,33 @@ def test_failure_past_the_point_of_no_return_is_exit_9_and_recover_finishes_it(c
     assert [s["name"] for s in after["snapshots"]] == ["s9"]
     assert after["duplicated"] is False
     assert cli("recover").out == "no interrupted workflows: nothing to recover\n"
+
+
+@pytest.mark.cassette
+def test_missing_config_file_refused_before_connecting(cli: Cli) -> None:
+    cli.target.ctl.reset_calls()
+    missing = cli.home / "nope.ini"
+    r = cli("list", UNKNOWN, "--config", str(missing))
+    assert r.code == 2
+    assert r.line == (
+        f"vmdk-snap: config file {missing} does not exist: create it with a [vcenter] "
+        "section or leave out --config/VMDK_SNAP_CONFIG"
+    )
+    assert cli.target.ctl.calls() == {}  # the URL was known, yet nothing was sent
+
+
+@pytest.mark.cassette
+def test_quiesce_needs_tools_in_the_guest(cli: Cli) -> None:
+    ctl = cli.target.ctl
+    seeded = ctl.scenario("attached-volume")
+    vol, inst = seeded["volumes"][0], seeded["instances"][0]
+    ctl.set_tools(inst["moref"], False)
+    r = cli("snapshot", vol["id"], "--name", "q1", "--force", "--quiesce")
+    assert r.code == 4, r.err
+    assert "Tools" in r.line
+    assert cli("list", vol["id"], "--json").json()["snapshots"] == []
+
+    ctl.set_tools(inst["moref"], True)
+    ok = cli("snapshot", vol["id"], "--name", "q1", "--force", "--quiesce", "--json")
+    assert ok.code == 0, ok.err
+    assert ok.json()["snapshot"]["name"] == "q1"
