@@ -14,7 +14,9 @@ import pytest
 
 from vmdk_snap import journal as jn
 from vmdk_snap.engine import Context, Engine, Incomplete, RollbackFailed, Step, plan_of
+from vmdk_snap.errors import InvalidInput
 from vmdk_snap.journal import Journal
+from vmdk_snap.workflow import temp_snapshot_name, validate_snapshot_name
 
 
 @dataclass
@@ -166,3 +168,15 @@ def test_crash_after_irreversible_step_is_finished(journal: Journal) -> None:
     outcome = Engine[WorldCtx](journal).resume(record, steps(last_irreversible=True), ctx)
     assert outcome == "finished"
     assert ctx.world == {"a": "1", "b": "2", "c": "3", "d": "4"}
+
+
+def test_snapshot_names_are_validated_and_temporary_names_fit() -> None:
+    assert validate_snapshot_name("snapshot-5d1c_v1.2") == "snapshot-5d1c_v1.2"
+    for bad in ['a"b', "a'b", "<b>", "a>b", "snäp", "a b", "x" * 81, ""]:
+        with pytest.raises(InvalidInput, match="ASCII letters, digits"):
+            validate_snapshot_name(bad)
+    assert temp_snapshot_name("snapshot-1") == "vmdk-snap-tmp-snapshot-1"
+    long_a, long_b = "a" * 79 + "1", "a" * 79 + "2"
+    assert len(temp_snapshot_name(long_a)) == 80
+    assert temp_snapshot_name(long_a) != temp_snapshot_name(long_b)
+    assert temp_snapshot_name(long_a) == temp_snapshot_name(long_a)

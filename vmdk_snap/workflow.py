@@ -62,6 +62,7 @@ merge into files that backing snapshots hold.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -124,8 +125,15 @@ def validate_snapshot_name(name: str) -> str:
 
 
 def temp_snapshot_name(name: str) -> str:
-    """The instance's temporary snapshot for Cinder snapshot ``name``."""
-    return TEMP_PREFIX + name
+    """The instance's temporary snapshot for Cinder snapshot ``name`` (at most 80 characters).
+
+    Deterministic, so that recovery (and a replayed cassette) finds the same name.
+    """
+    temp = TEMP_PREFIX + name
+    if len(temp) <= MAX_NAME_LENGTH:
+        return temp
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return temp[: MAX_NAME_LENGTH - len(digest) - 1] + "-" + digest
 
 
 # -- consolidation: 1. swap_backing_disk ----------------------------------------
