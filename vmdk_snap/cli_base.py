@@ -23,7 +23,7 @@ import argparse
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,7 +170,6 @@ class Context:
     @contextmanager
     def driver(self) -> Iterator[Driver]:
         """A logged-in Driver; logs out on exit."""
-        with ExitStack() as stack:
-            session = stack.enter_context(self.session())
-            journal = self.settings.journal
+        journal = self.settings.journal
+        with self.session() as session:
             yield Driver(session, journal_path=Path(journal) if journal else None)

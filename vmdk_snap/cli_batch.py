@@ -129,7 +129,7 @@ def _one(ctx: Context, workers: _Workers, text: str) -> Outcome:
             message = "consolidated"
         else:
             message = views.advice(driver.describe(volume)) or "ok"
-    except Exception as exc:
+    except Exception as exc:  # one volume's failure never stops the others
         code, kind = classify(exc)
         log.info("batch: volume %s failed", text, exc_info=True)
         return Outcome(text, code, kind, one_line(exc))

@@ -48,9 +48,9 @@ def _snapshot(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "snapshot",
         "Snapshot a volume; an attached (in-use) one only with --force.",
         """
-        vmdk-snap snapshot 3f2a9c1e-... --name nightly
-        vmdk-snap snapshot volume-3f2a9c1e-... --name before-upgrade --force --dry-run
-        vmdk-snap snapshot 3f2a9c1e-... --name db --force --quiesce --json
+        vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name nightly
+        vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name pre-upgrade --force --dry-run
+        vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name db --force --quiesce --json
         """,
     )
     p.add_argument("volume", metavar="VOLUME")
@@ -90,8 +90,8 @@ def _delete(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "delete",
         "Delete a snapshot of a volume (a snapshot already gone is not an error).",
         """
-        vmdk-snap delete 3f2a9c1e-... nightly
-        vmdk-snap delete volume-3f2a9c1e-... snapshot-77b0... --json
+        vmdk-snap delete 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 nightly
+        vmdk-snap delete volume-3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 snapshot-77b0c4de --json
         """,
     )
     p.add_argument("volume", metavar="VOLUME")
@@ -118,7 +118,7 @@ def _revert(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "revert",
         "Revert a detached (available) volume to a snapshot; later changes are lost.",
         """
-        vmdk-snap revert 3f2a9c1e-... nightly
+        vmdk-snap revert 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 nightly
         """,
     )
     p.add_argument("volume", metavar="VOLUME")
@@ -145,8 +145,8 @@ def _list(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "list",
         "Show a volume's snapshots and its disk chain(s) as trees.",
         """
-        vmdk-snap list 3f2a9c1e-...
-        vmdk-snap list volume-3f2a9c1e-... --json | jq '.snapshots[].name'
+        vmdk-snap list 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
+        vmdk-snap list volume-3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --json | jq '.snapshots[].name'
         """,
     )
     p.add_argument("volume", metavar="VOLUME")
@@ -170,7 +170,7 @@ def _check(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "Check volumes: where attached, duplicated chain, consolidationNeeded, depth, "
         "host and datastore.",
         """
-        vmdk-snap check 3f2a9c1e-...
+        vmdk-snap check 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
         vmdk-snap check --all
         vmdk-snap check --all --json | jq '.volumes[] | select(.duplicated)'
         """,
@@ -211,8 +211,8 @@ def _consolidate(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         "consolidate",
         "Re-join a volume's duplicated chain: the backing takes the instance's newer VMDK.",
         """
-        vmdk-snap consolidate 3f2a9c1e-... --dry-run
-        vmdk-snap consolidate 3f2a9c1e-...
+        vmdk-snap consolidate 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --dry-run
+        vmdk-snap consolidate 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
         """,
     )
     p.add_argument("volume", metavar="VOLUME")
