@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import Target
 from vmdk_snap.cli import main
 from vmdk_snap.config import ConfigError, Overrides, load_settings, normalize_url
 
@@ -171,3 +173,49 @@ def test_config_errors_in_json_mode_are_a_json_document_too(tmp_path: Path) -> N
     assert doc["error"]["kind"] == "usage"
     assert doc["error"]["exit_code"] == 2
     assert doc["error"]["message"] in err
+
+
+# -- the same settings, end to end against vCenter --------------------------------
+
+
+@pytest.mark.cassette
+def test_govc_environment_alone_connects(vc: Target, tmp_path: Path) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    user = urllib.parse.quote(vc.username, safe="")
+    password = urllib.parse.quote(vc.password, safe="")
+    env = {
+        "HOME": str(tmp_path),
+        "GOVC_URL": f"{user}:{password}@{vc.host}:{vc.port}",
+        "VMDK_SNAP_CA_FILE": vc.ca_file,
+    }
+    code, out, err = run(["list", vol["id"], "--json"], env)
+    assert (code, err) == (0, "")
+    assert json.loads(out)["name"] == f"volume-{vol['id']}"
+
+
+@pytest.mark.cassette
+def test_owner_only_config_file_alone_connects(vc: Target, tmp_path: Path) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    cfg = tmp_path / ".config" / "vmdk-snap" / "config.ini"
+    cfg.parent.mkdir(parents=True)
+    write_config(
+        cfg,
+        f"url = {vc.url}\nusername = {vc.username}\npassword = {vc.password}\n"
+        f"ca_file = {vc.ca_file}\njournal = {tmp_path / 'journal.sqlite'}\n",
+    )
+    code, out, err = run(["check", vol["id"], "--json"], {"HOME": str(tmp_path)})
+    assert (code, err) == (0, "")
+    assert json.loads(out)["volumes"][0]["status"] == "available"
+
+
+@pytest.mark.cassette
+def test_pinned_thumbprint_flag_connects_without_a_ca(vc: Target, tmp_path: Path) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    env = {
+        "HOME": str(tmp_path),
+        "VMDK_SNAP_URL": vc.url,
+        "VMDK_SNAP_USERNAME": vc.username,
+        "VMDK_SNAP_PASSWORD": vc.password,
+    }
+    code, _, err = run(["list", vol["id"], "--thumbprint", vc.thumbprint], env)
+    assert (code, err) == (0, "")
