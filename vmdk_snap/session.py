@@ -236,8 +236,14 @@ class Session:
         except Exception as exc:
             raise self._connection_error(exc) from exc
         instance = vim.ServiceInstance("ServiceInstance", self._stub)
-        self._content = self.invoke(instance, "RetrieveServiceContent")
-        self._login()
+        try:
+            self._content = self.invoke(instance, "RetrieveServiceContent")
+            self._login()
+        except BaseException:
+            # Not logged in: nothing to log out of, only sockets to close.
+            self._stub.DropConnections()
+            self._stub = self._content = None
+            raise
         log.info("logged in to %s as %s", self.url, self.username)
 
     def _login(self) -> None:
