@@ -886,3 +886,29 @@ def test_disk_locator_move_type_applies_to_its_disk(vc: Target) -> None:
             f"[ds-shared-2] {name}/{vol['name']}-000001.vmdk",
             vol["vmdk"],
         ]
+
+
+@pytest.mark.live
+def test_moved_vm_logs_into_its_new_home(vc: Target) -> None:
+    """The old home stays (the backing uses the instance's delta there), but
+    the moved instance's log goes to its new home."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name = inst["name"]
+    with connect(vc) as si:
+        vm, backing = _vm(si, inst["moref"]), _vm(si, vol["moref"])
+        key = _key_of(si, vm, vol["vmdk"])
+        _snapshot(si, vm, "s1")
+        delta = _disk(si, vm, key).backing.fileName
+        old = _disks(si, backing)[0]
+        add = add_disk_change(old.controllerKey, delta, unit=old.unitNumber)
+        add.device.capacityInKB = old.capacityInKB
+        spec = vim.vm.ConfigSpec(deviceChange=[remove_disk_change(old), add])
+        _ok(si, backing.ReconfigVM_Task(spec))
+
+        _ok(si, vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=_datastore(si, "ds-shared-2"))))
+        _ok(si, vm.PowerOffVM_Task())
+
+    left = [f for f in vc.ctl.files("ds-shared-1") if f"] {name}/" in f]
+    assert left == sorted([delta, delta.replace(".vmdk", "-delta.vmdk")])
+    assert f"[ds-shared-2] {name}/vmware.log" in vc.ctl.files("ds-shared-2")

@@ -26,9 +26,11 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
@@ -409,6 +411,9 @@ func (s *sim) relocate(vm *simulator.VirtualMachine, spec types.VirtualMachineRe
 		if lp, err := s.localPath(plan.homeFrom); err == nil {
 			_ = os.Remove(lp) // only if empty
 		}
+		if lp, err := s.localPath(dsJoin(plan.homeTo, "vmware.log")); err == nil {
+			setVMLog(vm, lp)
+		}
 	}
 	s.updateDatastoreVMs()
 
@@ -482,4 +487,15 @@ func (s *sim) updateDatastoreVMs() {
 			simulator.Map.Update(ds, []types.PropertyChange{{Name: "vm", Val: vms}})
 		})
 	}
+}
+
+// setVMLog points the stock simulator's per-VM log (an unexported field it
+// appends to on power operations) at the moved home, so no vmware.log
+// reappears in the old directory. Without that field, it does nothing.
+func setVMLog(vm *simulator.VirtualMachine, local string) {
+	f := reflect.ValueOf(vm).Elem().FieldByName("log")
+	if !f.IsValid() || f.Kind() != reflect.String {
+		return
+	}
+	reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().SetString(local)
 }
