@@ -912,3 +912,23 @@ def test_moved_vm_logs_into_its_new_home(vc: Target) -> None:
     left = [f for f in vc.ctl.files("ds-shared-1") if f"] {name}/" in f]
     assert left == sorted([delta, delta.replace(".vmdk", "-delta.vmdk")])
     assert f"[ds-shared-2] {name}/vmware.log" in vc.ctl.files("ds-shared-2")
+
+
+@pytest.mark.live
+def test_revert_drops_a_disk_added_after_the_snapshot_but_keeps_its_file(vc: Target) -> None:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    scratch = f"{_dir(vol['vmdk'])}/scratch.vmdk"
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        s1 = _snapshot(si, vm, "s1")
+        disk = _disks(si, vm)[0]
+        add = add_disk_change(disk.controllerKey, scratch, unit=3, file_operation="create")
+        add.device.capacityInKB = 1024
+        _ok(si, vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[add])))
+        assert len(_disks(si, vm)) == 2
+
+        _ok(si, s1.RevertToSnapshot_Task())
+
+        assert [_chain(d.backing)[-1] for d in _disks(si, vm)] == [vol["vmdk"]]
+    assert scratch in vc.ctl.files("ds-shared-1")

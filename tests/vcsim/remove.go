@@ -287,12 +287,13 @@ func (s *sim) setParentHint(p, parent string) {
 	_ = s.writeDescriptor(p, d)
 }
 
-// deleteUnused deletes the disk files among paths that no chain of any VM
-// uses any more.
+// deleteUnused deletes the delta disks among paths that no chain of any VM
+// uses any more (base disks a VM stops using, e.g. one detached after a
+// snapshot, are kept as vCenter keeps them).
 func (s *sim) deleteUnused(paths []string) {
 	idx := fileUsersIndex()
 	for _, p := range paths {
-		if len(idx[p]) == 0 && s.exists(p) {
+		if isDelta(p) && len(idx[p]) == 0 && s.exists(p) {
 			_ = s.deleteDiskFiles(p)
 		}
 	}
