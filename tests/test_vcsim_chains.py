@@ -691,7 +691,7 @@ def test_relocation_time_is_proportional_to_the_bytes_copied(vc: Target, timing:
         task = vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=_datastore(si, "ds-shared-2")))
         info, seen = watch_task(si, task)
         assert info.state == "success"
-        assert ("running", 50) in seen
+        assert any(state == "running" and 0 < (progress or 0) < 100 for state, progress in seen)
     assert vc.ctl.bytes_copied()["total"] == size
 
 
