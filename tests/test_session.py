@@ -345,3 +345,75 @@ def test_unknown_faults_keep_the_original(
     assert fault_name(read_err.value.fault) == "InvalidProperty"
     assert read_err.value.task is None
     assert "RetrievePropertiesEx" in one_line(read_err.value)
+
+
+@pytest.mark.live
+def test_a_session_expiring_during_a_task_wait_is_logged_in_again_once(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    ops.create_snapshot(backing, "before")  # the watcher's view and filter exist
+    vc.ctl.set_default_task_time(0)  # ended before the new filter's first answer
+    vc.ctl.inject_fault("WaitForUpdatesEx", kind="expire_sessions")
+    session.reset_calls()
+    snap = ops.create_snapshot(backing, "across-the-expiry")
+    # The view and filter died with the old session: the wait is not repeated
+    # on the new session's empty collector; they are made again instead.
+    assert session.calls == {
+        "CreateSnapshot_Task": 1,
+        "ModifyListView": 1,
+        "WaitForUpdatesEx": 2,
+        "Login": 1,
+        "CreateListView": 1,
+        "CreateFilter": 1,
+    }
+    node = ops.get_vm(backing).snapshot_named("across-the-expiry")
+    assert node is not None
+    assert node.ref == snap
+
+
+@pytest.mark.live
+def test_a_lost_create_is_sent_again_when_the_recent_task_is_someone_elses(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    # Another client's snapshot of the same VM, a moment before ours: same
+    # kind, same VM, within the time window; only its name tells it apart.
+    theirs = ops.create_snapshot(backing, "theirs")
+    vc.ctl.inject_fault("CreateSnapshot_Task", kind="drop", match="mine")
+    vc.ctl.reset_calls()
+    mine = ops.create_snapshot(backing, "mine")
+    assert vc.ctl.calls()["CreateSnapshot_Task"] == 2
+    tree = ops.get_vm(backing)
+    assert [(n.name, n.ref) for n in tree.all_snapshots()] == [("theirs", theirs), ("mine", mine)]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("kind", ["drop", "drop_after"])
+def test_a_lost_reconfigure_is_sent_again_only_if_it_did_not_run(
+    clean_sim: Target, session: Session, ops: VolumeOps, kind: str
+) -> None:
+    vc = clean_sim
+    seeded = vc.ctl.scenario("attached-volume")
+    inst = vm(seeded["instances"][0]["moref"])
+    # A reconfiguration of the same VM just before, as another client's would be.
+    ops.set_extra_config(inst, {"vmdk-snap-test": "earlier"})
+    vc.ctl.inject_fault("ReconfigVM_Task", kind=kind, match="later")
+    vc.ctl.reset_calls()
+    ops.set_extra_config(inst, {"vmdk-snap-test": "later"})
+    assert vc.ctl.calls()["ReconfigVM_Task"] == (2 if kind == "drop" else 1)
+    keys = {k: v for k, v in _extra_config(session, inst).items() if k.startswith("vmdk-snap-test")}
+    assert keys == {"vmdk-snap-test": "later"}
+
+
+def _extra_config(session: Session, ref: Moref) -> dict[str, str]:
+    from pyVmomi import vim  # noqa: PLC0415 - tests read with the property collector only
+
+    from vmdk_snap.volumeops.collect import Obj, retrieve  # noqa: PLC0415
+
+    found = retrieve(session, [Obj(session.mo(ref))], {vim.VirtualMachine: ["config.extraConfig"]})
+    return {str(o.key): str(o.value) for o in found[0].props.get("config.extraConfig") or ()}

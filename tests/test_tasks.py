@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -29,13 +31,25 @@ def clean_sim(vc: Target) -> Iterator[Target]:
 
 
 @pytest.mark.cassette
-def test_a_task_op_costs_three_round_trips_with_its_wait(
-    vc: Target, session: Session, ops: VolumeOps
+def test_a_task_op_costs_four_round_trips_cold_and_three_warm(
+    clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:
+    vc = clean_sim
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     backing = vm(vol["moref"])
-    # The first wait of a session creates the collector, the view and the filter.
-    first = ops.create_snapshot(backing, "warm-up")
+    # The first wait of a session creates the view (with the task in it) and
+    # the filter, on the session's own property collector. Its first
+    # WaitForUpdatesEx (version "") answers at once with the current state,
+    # so the task must have ended by then to cost only one wait.
+    vc.ctl.set_default_task_time(0)
+    session.reset_calls()
+    first = ops.create_snapshot(backing, "cold")
+    assert session.calls == {
+        "CreateSnapshot_Task": 1,
+        "CreateListView": 1,
+        "CreateFilter": 1,
+        "WaitForUpdatesEx": 1,
+    }
 
     session.reset_calls()
     second = ops.create_snapshot(backing, "counted")
@@ -48,7 +62,7 @@ def test_a_task_op_costs_three_round_trips_with_its_wait(
 
     tree = ops.get_vm(backing)
     names = [n.name for n in tree.all_snapshots()]
-    assert names == ["warm-up", "counted"]
+    assert names == ["cold", "counted"]
     assert [first, second] == [n.ref for n in tree.all_snapshots()]
 
 
@@ -56,11 +70,78 @@ def test_a_task_op_costs_three_round_trips_with_its_wait(
 def test_budget_counted_by_the_simulator(vc: Target, session: Session, ops: VolumeOps) -> None:
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     backing = vm(vol["moref"])
-    ops.create_snapshot(backing, "warm-up")
+    vc.ctl.reset_calls()
+    # Cold, with the task (20 ms) still running when the new filter first
+    # answers: that answer is the current state, so one more wait sees the end.
+    ops.create_snapshot(backing, "cold")
+    assert vc.ctl.calls() == {
+        "CreateSnapshot_Task": 1,
+        "CreateListView": 1,
+        "CreateFilter": 1,
+        "WaitForUpdatesEx": 2,
+    }
     vc.ctl.reset_calls()
     for i in range(5):
         ops.create_snapshot(backing, f"s{i}")
     assert vc.ctl.calls() == {"CreateSnapshot_Task": 5, "ModifyListView": 5, "WaitForUpdatesEx": 5}
+
+
+@pytest.mark.live
+def test_a_task_longer_than_the_old_5_s_wait_costs_four_round_trips(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    ops.create_snapshot(backing, "warm-up")
+    vc.ctl.set_task_time("CreateSnapshot_Task", 6000)
+    vc.ctl.reset_calls()
+    ops.create_snapshot(backing, "six-seconds")
+    # maxWaitSeconds is 30: the wait that sees it enter the view, the one that
+    # sees it end (the OpenStack driver polls 4 times in 6 s).
+    assert vc.ctl.calls() == {"CreateSnapshot_Task": 1, "ModifyListView": 1, "WaitForUpdatesEx": 2}
+    assert ops.get_vm(backing).snapshot_named("six-seconds") is not None
+
+
+@pytest.mark.live
+def test_threads_sharing_the_watcher_do_not_wait_on_each_other(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    slow_vm, quick_vm = (vm(v["moref"]) for v in seeded["volumes"])
+    ops.create_snapshot(quick_vm, "warm-up")
+    vc.ctl.set_task_time("CreateSnapshot_Task", 4000)
+    slow = ops.start_create_snapshot(slow_vm, "slow")
+    vc.ctl.reset_timing()
+    outcome: dict[str, object] = {}
+
+    def wait_slow() -> None:
+        try:
+            outcome["slow"] = ops.wait(slow, timeout=60)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["slow"] = exc
+
+    session.reset_calls()
+    thread = threading.Thread(target=wait_slow)
+    thread.start()
+    try:
+        # The slow wait sits in WaitForUpdatesEx (its second: the first saw
+        # the task enter the view, running), for up to 30 s ...
+        while session.calls["WaitForUpdatesEx"] < 2:
+            time.sleep(0.01)
+        # ... yet a quick task on the same session ends long before it does:
+        # adding it to the view wakes the waiting thread.
+        quick = ops.create_snapshot(quick_vm, "quick", timeout=60)
+        assert thread.is_alive()
+        assert "slow" not in outcome
+    finally:
+        thread.join(60)
+    assert ops.get_vm(quick_vm).snapshot_named("quick") is not None
+    node = ops.get_vm(slow_vm).snapshot_named("slow")
+    assert node is not None
+    assert outcome["slow"] == node.ref
+    assert quick != node.ref
 
 
 @pytest.mark.cassette
@@ -114,11 +195,14 @@ def test_task_exceeding_its_timeout_names_it(clean_sim: Target) -> None:
     vc = clean_sim
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     vc.ctl.set_task_time("CreateSnapshot_Task", 3000)
-    # The timeout is checked between waits, so its precision is maxWaitSeconds.
-    with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file, wait_seconds=1) as session:
+    # A timeout shorter than maxWaitSeconds (30 s) waits ceil(timeout) per call.
+    with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
         ops = VolumeOps(session)
+        vc.ctl.reset_calls()
         with pytest.raises(TaskTimeout) as err:
             ops.create_snapshot(vm(vol["moref"]), "slow", timeout=0.5)
+        # The task entered the view running (one wait), then one wait of 1 s.
+        assert vc.ctl.calls()["WaitForUpdatesEx"] == 2
         task = err.value.task
         assert task is not None
         assert task.description == f"CreateSnapshot_Task on {vol['moref']}"
@@ -176,8 +260,8 @@ def test_closing_the_session_destroys_the_filters(vc: Target) -> None:
         assert session.calls["CreateFilter"] == 2
         assert session.calls["DestroyPropertyFilter"] == 1
     calls = vc.ctl.calls()
-    assert calls["CreatePropertyCollector"] == 1
-    assert calls["DestroyPropertyCollector"] == 1
+    assert "CreatePropertyCollector" not in calls  # the session's own collector serves
+    assert calls["DestroyPropertyFilter"] == 2  # the progress filter, then the task filter
     assert calls["CreateListView"] == 1
     assert calls["DestroyView"] == 1
     assert calls["Logout"] == 1

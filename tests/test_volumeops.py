@@ -366,3 +366,41 @@ def test_find_backing_falls_back_to_the_volume_name(
     session.reset_calls()
     assert ops.find_backing(vol["id"]) == vm(vol["moref"])
     assert session.calls == {"FindByUuid": 1, "RetrievePropertiesEx": 1}
+
+
+@pytest.mark.cassette
+def test_find_attached_falls_back_to_the_disk_without_novas_key(
+    vc: Target, session: Session, ops: VolumeOps
+) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = f"volume-{vol['id']}"
+    # Nova's record lost (or attached by hand): an empty value deletes the key.
+    ops.set_extra_config(vm(inst["moref"]), {key: ""})
+    assert key not in ops.get_vm(vm(inst["moref"])).volume_keys
+
+    session.reset_calls()
+    assert ops.find_attached_instance(vol["id"]) == vm(inst["moref"])
+    assert session.calls == {"RetrievePropertiesEx": 1}
+    backing, instance = ops.resolve(vol["id"], find_attached=True)
+    assert instance is not None
+    assert instance.ref == vm(inst["moref"])
+    assert instance.disk_by_path(backing.disks[0].path) is not None
+
+
+@pytest.mark.cassette
+def test_list_volumes_reads_backings_and_attachments_in_one_call(
+    vc: Target, session: Session, ops: VolumeOps
+) -> None:
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    free = vc.ctl.scenario("available-volume")["volumes"][0]
+    inst = seeded["instances"][0]
+    session.reset_calls()
+    inventory = ops.list_volumes()
+    assert session.calls == {"RetrievePropertiesEx": 1}
+    attached = {v["id"] for v in seeded["volumes"]}
+    assert attached | {free["id"]} <= set(inventory.volumes)
+    assert attached <= set(inventory.attached)
+    assert free["id"] not in inventory.attached
+    assert {inventory.instance_of[v] for v in attached} == {inst["moref"]}
+    assert list(inventory.volumes) == sorted(inventory.volumes)

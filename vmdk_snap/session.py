@@ -38,7 +38,10 @@ from vmdk_snap.errors import (
 )
 from vmdk_snap.types import Moref
 
-__all__ = ["RetryPolicy", "Session", "StartedCheck"]
+# Not imported from vmdk_snap.tasks, which imports this module.
+DEFAULT_WAIT_SECONDS = 30
+
+__all__ = ["RetryPolicy", "Session", "SessionRenewed", "StartedCheck"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,15 @@ class RetryPolicy:
     initial_delay: float = 1.0
     max_delay: float = 10.0
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+
+
+class SessionRenewed(Exception):
+    """A session-bound call met an expired session; the session logged in again.
+
+    Raised instead of repeating calls on objects that lived in the old session
+    (property filters, views, the session's collector state): they are gone,
+    so the caller builds them again (see :mod:`vmdk_snap.tasks`).
+    """
 
 
 class _Ambiguous(Exception):
@@ -145,7 +157,8 @@ class Session:
         insecure: skip verification entirely (logged as a warning).
         retry: how transient failures are retried.
         wait_seconds: ``maxWaitSeconds`` of each task wait (fixed, so requests
-            are the same on every run).
+            are the same on every run; a task timeout shorter than it uses
+            ``ceil(timeout)`` instead).
         http_timeout: socket timeout of each request, in seconds.
     """
 
@@ -160,7 +173,7 @@ class Session:
         thumbprint: str | None = None,
         insecure: bool = False,
         retry: RetryPolicy | None = None,
-        wait_seconds: int = 5,
+        wait_seconds: int = DEFAULT_WAIT_SECONDS,
         http_timeout: float = 900.0,
     ) -> None:
         self.host, self.port, self.path = _parse_url(url_or_host, port)
@@ -302,6 +315,11 @@ class Session:
         with self._calls_lock:
             self._calls.clear()
 
+    @property
+    def generation(self) -> int:
+        """How many times this session logged in (objects of older logins are gone)."""
+        return self._generation
+
     def server_now(self) -> datetime:
         """vCenter's clock, estimated from the login time it reported."""
         return datetime.now(UTC) + self._clock_offset
@@ -328,6 +346,7 @@ class Session:
         /,
         *args: Any,
         started: StartedCheck | None = None,
+        session_bound: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Call ``obj.method(*args, **kwargs)`` with re-login and bounded retries.
@@ -338,6 +357,9 @@ class Session:
             started: for task-starting calls: how to tell whether an attempt
                 whose answer was lost did start the task. Without it such a
                 call is not repeated after a dropped connection.
+            session_bound: the call works on objects of this login (filters,
+                views): after a re-login it is not repeated, and
+                :class:`SessionRenewed` is raised instead.
 
         Raises:
             VmdkSnapError: the fault translated (``exc.fault`` keeps it), or
@@ -359,7 +381,7 @@ class Session:
                     log.info("%s had started before the connection dropped; not repeating", method)
                     return task
             try:
-                return self._call_relogin(obj, method, args, kwargs)
+                return self._call_relogin(obj, method, args, kwargs, session_bound)
             except _Ambiguous as exc:
                 state["ambiguous"] = True
                 raise _Retryable(exc.__cause__ or exc, ambiguous=True) from exc
@@ -413,7 +435,12 @@ class Session:
         return getattr(obj, method)(*args, **kwargs)
 
     def _call_relogin(
-        self, obj: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        obj: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        session_bound: bool = False,
     ) -> Any:
         generation = self._generation
         try:
@@ -429,6 +456,8 @@ class Session:
                     # session it still knows.
                     self._stub.cookie = ""
                     self._login()
+        if session_bound:
+            raise SessionRenewed(f"{method}: the session was renewed; its objects are gone")
         try:
             return self._call_once(obj, method, args, kwargs)
         except vim.fault.NotAuthenticated as exc:

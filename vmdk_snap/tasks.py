@@ -1,16 +1,47 @@
 """Waiting for vSphere tasks on property-collector filters, never by polling.
 
-A session keeps one :class:`TaskWatcher`: its own property collector with one
-long-lived filter over a ``ListView`` of tasks, watching ``info.state``,
-``info.error`` and ``info.result``. Waiting for a task adds it to the view
-with ``ModifyListView`` (dropping the tasks already seen to finish in the same
-call), then blocks in ``WaitForUpdatesEx`` with a fixed ``maxWaitSeconds``.
-A task that ends within one wait therefore costs three round trips in all:
-the call that starts it, the ``ModifyListView`` and one ``WaitForUpdatesEx``.
+A session keeps one :class:`TaskWatcher`: one long-lived filter over a
+``ListView`` of tasks, watching ``info.state``, ``info.error`` and
+``info.result``, on the session's own ``ServiceContent.propertyCollector``.
+vCenter gives every session its own instance of that collector (so do vcsim
+and govmomi's ``property.DefaultCollector``), so no private collector is
+created: the session's filters are ours alone, and a logout or an expired
+session ends them with the session.
+
+Round trips, as counted in ``tests/test_tasks.py``:
+
+- The first task a session waits for (cold): the call that starts it,
+  ``CreateListView`` with that task already in it, ``CreateFilter``, and one
+  ``WaitForUpdatesEx``: **4**. The watcher is made lazily, on that first wait,
+  and not at login: read-only sessions (``check``, ``list``) never pay for it.
+- Every later task (warm): the call that starts it, ``ModifyListView`` (which
+  adds it and drops the tasks already seen to finish, in the same call) and
+  one ``WaitForUpdatesEx``: **3**.
+- A task still running when it enters the view costs one more wait: entering
+  the view is itself an update, and the property collector has no way to wait
+  "until state is success or error". Each further ``maxWaitSeconds`` (30 s by
+  default) the task runs adds one wait. A timeout shorter than that waits at
+  most ``ceil(timeout)`` seconds per call instead. Both are fixed numbers, so
+  requests are the same on every run (cassettes replay them).
+- Closing the session destroys the filter and the view (``DestroyPropertyFilter``,
+  ``DestroyView``) before the logout; a wait that fails destroys them too, so
+  that no filter whose version went out of step is reused.
+
 A wait that reports progress adds a filter on ``info.progress`` of its tasks
-to the same collector and destroys it in ``finally``. The collector (and
-with it every filter) and the view are destroyed when the session closes,
-and whenever a wait fails, so that no broken filter is reused.
+to the same collector and destroys it in ``finally``. Its changes wake
+``WaitForUpdatesEx``, which is why waits without a listener have none.
+
+Threads share the watcher: one thread at a time sits in ``WaitForUpdatesEx``
+(without holding the lock); the others wait on a condition it signals after
+each update. A thread adding its task with ``ModifyListView`` meanwhile wakes
+that wait (the task entering the view is an update), so no thread waits on
+another's ``maxWaitSeconds``.
+
+If the session expired and the session logged in again while a watcher call
+was under way, the view and filter died with the old session: the watcher
+forgets them and builds new ones in the new session (the session raises
+:class:`~vmdk_snap.session.SessionRenewed` for such session-bound calls
+instead of repeating them).
 
 Why a ListView and not a filter on ``TaskManager.recentTask`` (which would
 save the ``ModifyListView``): the API reference says that property "should
@@ -19,30 +50,31 @@ monitor a specific set of Task objects", and that servers after vSphere API
 5.0 "might not generate property collector update notifications" for it; it
 also holds every session's recent tasks (up to 200), whose changes would wake
 our waits. vcsim maintains it, but we must be right on vCenter.
-
-A task still running when it enters the view costs one more wait (the view
-change itself is an update); progress changes never wake a wait that does
-not report progress.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyVmomi import vim, vmodl
 
 from vmdk_snap.errors import TaskTimeout, translate
+from vmdk_snap.session import DEFAULT_WAIT_SECONDS, Session, SessionRenewed
 from vmdk_snap.types import Moref, TaskRef
 
-if TYPE_CHECKING:
-    from vmdk_snap.session import Session
-
-__all__ = ["ProgressCallback", "TaskWatcher", "wait_for_task", "wait_for_tasks"]
+__all__ = [
+    "DEFAULT_WAIT_SECONDS",
+    "ProgressCallback",
+    "TaskWatcher",
+    "wait_for_task",
+    "wait_for_tasks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +82,8 @@ TASK_PATHS = ("info.state", "info.error", "info.result")
 PROGRESS_PATH = "info.progress"
 
 ProgressCallback = Callable[[TaskRef, int], None]
+
+PC = vmodl.query.PropertyCollector
 
 _DONE = ("success", "error")
 
@@ -62,18 +96,26 @@ class _State:
     progress: int | None = None
 
 
+def max_wait_for(timeout: float, wait_seconds: int) -> int:
+    """``maxWaitSeconds`` for a wait with this timeout: fixed for a given configuration."""
+    return max(1, min(wait_seconds, math.ceil(timeout)))
+
+
 class TaskWatcher:
     """One long-lived filter that serves every wait of a session (thread-safe)."""
 
-    def __init__(self, session: Session, wait_seconds: int) -> None:
+    def __init__(self, session: Session, wait_seconds: int = DEFAULT_WAIT_SECONDS) -> None:
         self._session = session
         self._wait_seconds = wait_seconds
-        self._lock = threading.Lock()
-        self._collector: Any = None
+        self._cond = threading.Condition()
         self._view: Any = None
+        self._filter: Any = None
+        self._session_generation = -1  # of the session the view and filter live in
+        self._epoch = 0  # bumped whenever the view and filter are forgotten
         self._version = ""
+        self._waiting = False  # a thread is in WaitForUpdatesEx
         self._watched: set[str] = set()  # task moref values in the view
-        self._finished: set[str] = set()  # seen to finish; dropped on the next change
+        self._finished: set[str] = set()  # returned to their waiter; dropped on the next change
         self._states: dict[str, _State] = {}
 
     def wait(
@@ -90,30 +132,86 @@ class TaskWatcher:
             TaskTimeout: a task was still running after ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
+        max_wait = max_wait_for(timeout, self._wait_seconds)
         reported: dict[str, int | None] = {}
-        progress: tuple[Any, Any] | None = None  # (collector, filter) for info.progress
+        progress_filter: Any = None
+        progress_generation = -1
         try:
-            while True:
-                with self._lock:
+            with self._cond:
+                while True:
                     self._watch(tasks)
                     if on_progress is not None and (
-                        progress is None or progress[0] is not self._collector
+                        progress_filter is None or progress_generation != self._session.generation
                     ):
-                        progress = (self._collector, self._progress_filter(tasks))
+                        progress_filter = self._progress_filter(tasks)
+                        progress_generation = self._session.generation
                     outcome = self._settled(tasks, deadline, timeout)
                     if outcome is not None:
                         return outcome
-                    self._wait_once()
-                    seen = [(t, self._states.get(t.ref.value)) for t in tasks]
-                if on_progress is not None:
-                    for task, state in seen:
-                        value = state.progress if state else None
-                        if value is not None and reported.get(task.ref.value) != value:
-                            reported[task.ref.value] = value
-                            on_progress(task, value)
+                    if self._waiting:
+                        # Another thread is in WaitForUpdatesEx: it signals after each update.
+                        self._cond.wait(max(0.0, deadline - time.monotonic()))
+                    else:
+                        self._lead(max_wait)
+                    if on_progress is not None:
+                        self._report(tasks, reported, on_progress)
         finally:
-            if progress is not None:
-                self._destroy_progress_filter(*progress)
+            if progress_filter is not None and progress_generation == self._session.generation:
+                self._destroy(progress_filter, "DestroyPropertyFilter")
+
+    def close(self) -> None:
+        """Destroy the filter and the view."""
+        with self._cond:
+            self._teardown(destroy=True)
+
+    # -- internals (called with the lock held) -------------------------------
+
+    def _lead(self, max_wait: int) -> None:
+        """Sit in WaitForUpdatesEx without the lock, then apply what came and signal."""
+        self._waiting = True
+        epoch, version = self._epoch, self._version
+        options = PC.WaitOptions(maxWaitSeconds=max_wait)
+        collector = self._session.content.propertyCollector
+        update: Any = None
+        failed: BaseException | None = None
+        self._cond.release()
+        try:
+            update = self._session.invoke(
+                collector, "WaitForUpdatesEx", version, options, session_bound=True
+            )
+        except BaseException as exc:  # noqa: BLE001 - re-raised below with the lock held
+            failed = exc
+        finally:
+            self._cond.acquire()
+            self._waiting = False
+            self._cond.notify_all()
+        if failed is not None:
+            if epoch == self._epoch:
+                # A renewed session ended the view and filter; otherwise our
+                # version may be out of step with the collector: start over.
+                self._teardown(destroy=not isinstance(failed, SessionRenewed))
+            if isinstance(failed, SessionRenewed):
+                return
+            raise failed
+        if epoch == self._epoch and update is not None:
+            self._apply_update(update)
+
+    def _report(
+        self,
+        tasks: Sequence[TaskRef],
+        reported: dict[str, int | None],
+        on_progress: ProgressCallback,
+    ) -> None:
+        seen = [(t, self._states.get(t.ref.value)) for t in tasks]
+        self._cond.release()
+        try:
+            for task, state in seen:
+                value = state.progress if state else None
+                if value is not None and reported.get(task.ref.value) != value:
+                    reported[task.ref.value] = value
+                    on_progress(task, value)
+        finally:
+            self._cond.acquire()
 
     def _settled(
         self, tasks: Sequence[TaskRef], deadline: float, timeout: float
@@ -139,42 +237,6 @@ class TaskWatcher:
             )
         return None
 
-    def _progress_filter(self, tasks: Sequence[TaskRef]) -> Any:
-        """A filter on ``info.progress`` of these tasks, on the same collector.
-
-        Progress is watched only for waits that report it: every change wakes
-        ``WaitForUpdatesEx``, and most waits only need the end.
-        """
-        session = self._session
-        spec = vmodl.query.PropertyCollector.FilterSpec(
-            objectSet=[
-                vmodl.query.PropertyCollector.ObjectSpec(obj=session.mo(t.ref), skip=False)
-                for t in tasks
-            ],
-            propSet=[
-                vmodl.query.PropertyCollector.PropertySpec(
-                    type=vim.Task, pathSet=[PROGRESS_PATH], all=False
-                )
-            ],
-        )
-        return session.invoke(self._collector, "CreateFilter", spec, partialUpdates=False)
-
-    def _destroy_progress_filter(self, collector: Any, progress_filter: Any) -> None:
-        with self._lock:
-            if collector is not self._collector:
-                return  # torn down with its collector already
-            try:
-                self._session.invoke(progress_filter, "DestroyPropertyFilter")
-            except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real error
-                log.debug("DestroyPropertyFilter failed: %s", exc)
-
-    def close(self) -> None:
-        """Destroy the collector (and its filter) and the view."""
-        with self._lock:
-            self._teardown()
-
-    # -- internals (called with the lock held) -------------------------------
-
     def _outcome(self, tasks: Iterable[TaskRef]) -> list[Any]:
         results = []
         for task in tasks:
@@ -187,74 +249,92 @@ class TaskWatcher:
             results.append(state.result)
         return results
 
+    def _progress_filter(self, tasks: Sequence[TaskRef]) -> Any:
+        """A filter on ``info.progress`` of these tasks, on the session's collector.
+
+        Progress is watched only for waits that report it: every change wakes
+        ``WaitForUpdatesEx``, and most waits only need the end.
+        """
+        session = self._session
+        spec = PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=session.mo(t.ref), skip=False) for t in tasks],
+            propSet=[PC.PropertySpec(type=vim.Task, pathSet=[PROGRESS_PATH], all=False)],
+        )
+        return session.invoke(
+            session.content.propertyCollector, "CreateFilter", spec, partialUpdates=False
+        )
+
     def _watch(self, tasks: Sequence[TaskRef]) -> None:
+        """Put these tasks in the view (creating view and filter on first use)."""
+        if self._view is not None and self._session_generation != self._session.generation:
+            # The session logged in again: the old view and filter are gone with it.
+            self._teardown(destroy=False)
         new = [t.ref.value for t in tasks if t.ref.value not in self._watched]
         if not new:
             return
         session = self._session
         objs = [session.mo(Moref("Task", value)) for value in new]
-        if self._collector is None:
+        try:
+            if self._view is None:
+                self._setup(objs)
+            else:
+                drop = sorted(self._finished - {t.ref.value for t in tasks})
+                session.invoke(
+                    self._view,
+                    "ModifyListView",
+                    add=objs,
+                    remove=[session.mo(Moref("Task", v)) for v in drop],
+                    session_bound=True,
+                )
+                for value in drop:
+                    self._watched.discard(value)
+                    self._finished.discard(value)
+                    self._states.pop(value, None)
+        except SessionRenewed:
+            self._teardown(destroy=False)
             self._setup(objs)
-        else:
-            drop = sorted(self._finished - {t.ref.value for t in tasks})
-            session.invoke(
-                self._view,
-                "ModifyListView",
-                add=objs,
-                remove=[session.mo(Moref("Task", v)) for v in drop],
-            )
-            for value in drop:
-                self._watched.discard(value)
-                self._finished.discard(value)
-                self._states.pop(value, None)
         self._watched.update(new)
 
     def _setup(self, objs: list[Any]) -> None:
         session = self._session
         content = session.content
+        generation = session.generation
         try:
-            self._collector = session.invoke(content.propertyCollector, "CreatePropertyCollector")
             self._view = session.invoke(content.viewManager, "CreateListView", obj=objs)
-            spec = vmodl.query.PropertyCollector.FilterSpec(
+            spec = PC.FilterSpec(
                 objectSet=[
-                    vmodl.query.PropertyCollector.ObjectSpec(
+                    PC.ObjectSpec(
                         obj=self._view,
                         skip=True,
                         selectSet=[
-                            vmodl.query.PropertyCollector.TraversalSpec(
+                            PC.TraversalSpec(
                                 name="view", type=vim.view.ListView, path="view", skip=False
                             )
                         ],
                     )
                 ],
-                propSet=[
-                    vmodl.query.PropertyCollector.PropertySpec(
-                        type=vim.Task, pathSet=list(TASK_PATHS), all=False
-                    )
-                ],
+                propSet=[PC.PropertySpec(type=vim.Task, pathSet=list(TASK_PATHS), all=False)],
             )
-            session.invoke(self._collector, "CreateFilter", spec, partialUpdates=False)
+            self._filter = session.invoke(
+                content.propertyCollector,
+                "CreateFilter",
+                spec,
+                partialUpdates=False,
+                session_bound=True,
+            )
         except BaseException:
-            self._teardown()
+            self._teardown(destroy=session.generation == generation)
             raise
+        self._session_generation = generation
         self._version = ""
 
-    def _wait_once(self) -> None:
-        options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=self._wait_seconds)
-        try:
-            update = self._session.invoke(
-                self._collector, "WaitForUpdatesEx", self._version, options
-            )
-        except BaseException:
-            # Our version may now be out of step with the collector: start over.
-            self._teardown()
-            raise
-        if update is None:
-            return
+    def _apply_update(self, update: Any) -> None:
         self._version = update.version
         for filter_update in update.filterSet or []:
             for obj_update in filter_update.objectSet or []:
                 value = obj_update.obj._moId
+                if str(obj_update.kind) == "leave":
+                    continue
                 state = self._states.setdefault(value, _State())
                 for change in obj_update.changeSet or []:
                     self._apply(state, change.name, change.val)
@@ -270,20 +350,26 @@ class TaskWatcher:
         elif name == "info.progress":
             state.progress = int(val) if val is not None else None
 
-    def _teardown(self) -> None:
-        collector, view = self._collector, self._view
-        self._collector = self._view = None
+    def _teardown(self, *, destroy: bool) -> None:
+        """Forget the view and filter; destroy them too unless they died with a session."""
+        view, filter_ = self._view, self._filter
+        self._view = self._filter = None
+        self._epoch += 1
         self._version = ""
         self._watched.clear()
         self._finished.clear()
         self._states.clear()
-        for obj, method in ((collector, "DestroyPropertyCollector"), (view, "DestroyView")):
-            if obj is None:
-                continue
-            try:
-                self._session.invoke(obj, method)
-            except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real error
-                log.debug("%s failed during cleanup: %s", method, exc)
+        if destroy:
+            self._destroy(filter_, "DestroyPropertyFilter")
+            self._destroy(view, "DestroyView")
+
+    def _destroy(self, obj: Any, method: str) -> None:
+        if obj is None:
+            return
+        try:
+            self._session.invoke(obj, method)
+        except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real error
+            log.debug("%s failed during cleanup: %s", method, exc)
 
 
 def wait_for_tasks(

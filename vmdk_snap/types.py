@@ -21,6 +21,7 @@ __all__ = [
     "SnapshotNode",
     "TaskRef",
     "VmInfo",
+    "VolumeInventory",
     "datastore_of",
 ]
 
@@ -190,3 +191,17 @@ class DiskLocator:
     disk_key: int
     datastore: Moref
     disk_move_type: str | None = None
+
+
+@dataclass(frozen=True)
+class VolumeInventory:
+    """Which Cinder volumes vCenter holds, by volume id (sorted).
+
+    ``volumes``: every backing (VM named ``volume-<id>``); ``attached``: those
+    some instance records with Nova's ``volume-<id>`` key. ``instance_of`` maps an attached volume id to the moref value of the VM
+    (instance) recording it, so that work on one instance can be serialized.
+    """
+
+    volumes: tuple[str, ...]
+    attached: tuple[str, ...]
+    instance_of: Mapping[str, str] = field(default_factory=dict)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from vmdk_snap.types import (
     Moref,
     TaskRef,
     VmInfo,
+    VolumeInventory,
     datastore_of,
 )
 from vmdk_snap.volumeops.collect import (
@@ -35,13 +37,15 @@ from vmdk_snap.volumeops.collect import (
 )
 from vmdk_snap.volumeops.convert import disks_of, vm_info
 from vmdk_snap.volumeops.specs import add_disk, remove_disk
-from vmdk_snap.volumeops.started import started_check
+from vmdk_snap.volumeops.started import Effect, started_check
 
 __all__ = ["DEFAULT_TASK_TIMEOUT", "VolumeOps"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TASK_TIMEOUT = 1800.0
+
+_BACKING_RE = re.compile(r"^volume-(?P<id>[0-9A-Za-z][0-9A-Za-z-]*)$")
 
 
 def _vm_name(volume_id: str) -> str:
@@ -85,26 +89,69 @@ class VolumeOps:
         return moref_of(vm) if vm is not None else None
 
     def find_attached_instance(self, volume_id: str, backing: Moref | None = None) -> Moref | None:
-        """The VM that has the volume attached: Nova's ``volume-<id>`` extraConfig key.
+        """The VM that has the volume attached, in one read across the inventory.
 
-        One read of ``config.extraConfig`` across the inventory; the backing
-        itself (if given) is not counted.
+        First by Nova's ``volume-<id>`` ``extraConfig`` key. When no VM has
+        that key (attached by hand, or Nova's record lost), by the volume's
+        disk: the VM (not a backing) with a disk of the backing disk's
+        ``uuid``, or whose chain holds the backing disk's file. Both need the
+        same read of ``name``, ``config.extraConfig`` and
+        ``config.hardware.device`` of every VM: one round trip whatever the
+        inventory size, but the answer grows with it. On the simulator at
+        1,000 VMs that read takes ~1.1-1.5 s against ~0.15 s without the
+        devices; we pay it because a volume attached without Nova's record
+        must not be taken for an available one (its backing would then be
+        snapshotted under a running instance). Callers that know the
+        instance (``resolve(volume, instance_uuid)``) never pay it.
         """
         key = _vm_name(volume_id)
         vms = retrieve(
             self.session,
             [vms_under_root(self.session)],
-            {vim.VirtualMachine: ["config.extraConfig"]},
+            {vim.VirtualMachine: ["name", "config.extraConfig", "config.hardware.device"]},
         )
+        if backing is None:
+            backing = next((vm.ref for vm in vms if vm.props.get("name") == key), None)
         hits = sorted(
             vm.ref
             for vm in vms
             if vm.ref != backing
             and any(o.key == key for o in vm.props.get("config.extraConfig") or ())
         )
+        if not hits:
+            hits = _sharing_disk(vms, backing)
+            if hits:
+                log.info("volume %s has no %s key; found by its disk on %s", volume_id, key, hits)
         if len(hits) > 1:
             log.warning("volume %s is recorded on several VMs: %s", volume_id, hits)
         return hits[0] if hits else None
+
+    def list_volumes(self) -> VolumeInventory:
+        """Every backing (VM named ``volume-<id>``) and every attached volume.
+
+        One read of every VM's ``name`` and ``config.extraConfig`` (one round
+        trip whatever the inventory size; more only if vCenter pages it).
+        """
+        vms = retrieve(
+            self.session,
+            [vms_under_root(self.session)],
+            {vim.VirtualMachine: ["name", "config.extraConfig"]},
+        )
+        volumes: set[str] = set()
+        recorded: dict[str, str] = {}
+        for vm in vms:
+            match = _BACKING_RE.match(str(vm.props.get("name", "")))
+            if match:
+                volumes.add(match.group("id"))
+                continue  # a backing's own keys are not attachments
+            for option in vm.props.get("config.extraConfig") or ():
+                found = _BACKING_RE.match(str(option.key))
+                if found:
+                    recorded.setdefault(found.group("id"), vm.ref.value)
+        attached = sorted(volumes & recorded.keys())
+        return VolumeInventory(
+            tuple(sorted(volumes)), tuple(attached), {v: recorded[v] for v in attached}
+        )
 
     def resolve(
         self, volume_id: str, instance_uuid: str | None = None, *, find_attached: bool = False
@@ -235,6 +282,7 @@ class VolumeOps:
             description=description,
             memory=memory,
             quiesce=quiesce,
+            effect=Effect(snapshot_name=name),
         )
 
     def create_snapshot(
@@ -313,7 +361,9 @@ class VolumeOps:
                 for d in disks
             ],
         )
-        return self._start(vm, "RelocateVM_Task", spec)
+        return self._start(
+            vm, "RelocateVM_Task", spec, effect=Effect(host=host, datastore=datastore)
+        )
 
     def relocate(
         self,
@@ -354,7 +404,12 @@ class VolumeOps:
             ]
         if not changes and not extra_config:
             raise InvalidInput("nothing to reconfigure", hint="pass disks to remove or add")
-        return self._start(vm, "ReconfigVM_Task", spec)
+        effect = Effect(
+            added_paths=tuple(d.path for d in add),
+            removed_paths=tuple(disk.path for disk, _ in remove),
+            extra_config=dict(extra_config or {}),
+        )
+        return self._start(vm, "ReconfigVM_Task", spec, effect=effect)
 
     def reconfigure_disks(
         self,
@@ -437,9 +492,12 @@ class VolumeOps:
         )
         return [_plain(r) for r in results]
 
-    def _start(self, target: Moref, method: str, *args: Any, **kwargs: Any) -> TaskRef:
+    def _start(
+        self, target: Moref, method: str, *args: Any, effect: Effect | None = None, **kwargs: Any
+    ) -> TaskRef:
         mo = self.session.mo(target)
-        return self._start_on(mo, method, f"{method} on {target.value}", [mo], *args, **kwargs)
+        what = f"{method} on {target.value}"
+        return self._start_on(mo, method, what, [mo], *args, effect=effect, **kwargs)
 
     def _start_on(
         self,
@@ -449,9 +507,10 @@ class VolumeOps:
         entities: list[Any],
         /,
         *args: Any,
+        effect: Effect | None = None,
         **kwargs: Any,
     ) -> TaskRef:
-        check = started_check(self.session, method, entities)
+        check = started_check(self.session, method, entities, effect)
         task = self.session.invoke(obj, method, *args, started=check, **kwargs)
         return TaskRef(moref_of(task), what)
 
@@ -463,6 +522,26 @@ class VolumeOps:
         if name not in known:
             raise NotFound(f"no datastore named {name!r}", hint="check the datastore in the path")
         return known[name]
+
+
+def _sharing_disk(vms: Sequence[Found], backing: Moref | None) -> list[Moref]:
+    """VMs other than backings with a disk of the backing's disk uuid or file."""
+    own = next((vm for vm in vms if vm.ref == backing), None)
+    if own is None:
+        return []
+    disks = disks_of(own.props.get("config.hardware.device"))
+    uuids = {d.uuid for d in disks if d.uuid}
+    paths = {d.path for d in disks}
+    return sorted(
+        vm.ref
+        for vm in vms
+        if vm.ref != backing
+        and not _BACKING_RE.match(str(vm.props.get("name", "")))
+        and any(
+            (d.uuid is not None and d.uuid in uuids) or paths.intersection(d.chain)
+            for d in disks_of(vm.props.get("config.hardware.device"))
+        )
+    )
 
 
 def _plain(result: Any) -> Moref | None:
