@@ -205,6 +205,28 @@ def test_snapshot_depth_is_limited_to_32(vc: Target, timing: None) -> None:
         assert _chain(_disks(si, vm)[0].backing) == before
 
 
+@pytest.mark.live
+def test_delta_chain_depth_is_limited_too(vc: Target, timing: None) -> None:
+    """Snapshots removed without consolidation leave deltas that still count."""
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    vc.ctl.set_task_time("CreateSnapshot_Task", 1)
+    vc.ctl.set_task_time("RemoveSnapshot_Task", 1)
+    with connect(vc) as si:
+        vm = _vm(si, vol["moref"])
+        for i in range(32):
+            snap = _snapshot(si, vm, f"s{i}")
+            _ok(si, snap.RemoveSnapshot_Task(False, False))
+        before = _chain(_disks(si, vm)[0].backing)
+        assert len(before) == 33
+        assert props(si, vm, "snapshot")["snapshot"] is None
+
+        fault = _error(_run(si, vm.CreateSnapshot_Task("one-too-many", "", False, False)))
+
+        assert isinstance(fault, vim.fault.TooManySnapshotLevels)
+        assert _chain(_disks(si, vm)[0].backing) == before
+
+
 @pytest.mark.cassette
 def test_quiesced_snapshot_needs_running_tools(vc: Target) -> None:
     seeded = vc.ctl.scenario("attached-volume")

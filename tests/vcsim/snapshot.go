@@ -52,6 +52,23 @@ func (s *sim) snapshotVM(vm *simulator.VirtualMachine, name, description string,
 			return none, f
 		}
 	}
+	// vSphere limits the delta chain of a disk too, not only the snapshot
+	// tree: a disk whose chain was grown by snapshots that were removed
+	// without consolidation counts every delta still in it.
+	for _, disk := range disksOf(vm.Config.Hardware.Device) {
+		b := flatBacking(disk)
+		if b == nil || independent(b) {
+			continue
+		}
+		if deltas := len(chainOf(b)) - 1; deltas >= maxSnapshotDepth {
+			f := &types.TooManySnapshotLevels{}
+			f.FaultMessage = []types.LocalizableMessage{{
+				Key:     "vmdk_snap.tooManySnapshotLevels",
+				Message: fmt.Sprintf("Exceeded the maximum number of permitted delta disks (%d) in the chain of %s on %s.", maxSnapshotDepth, b.FileName, vm.Name),
+			}}
+			return none, f
+		}
+	}
 	if quiesce && !toolsRunning(vm) {
 		f := &types.ToolsUnavailable{}
 		f.FaultMessage = []types.LocalizableMessage{{
