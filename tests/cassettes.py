@@ -9,6 +9,7 @@ scrubbed before anything is written, and :func:`scan` proves it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +21,11 @@ import pyVmomi.SoapAdapter
 import vcr
 from vcr.stubs import VCRHTTPConnection, VCRHTTPSConnection
 
-CASSETTE_DIR = Path(__file__).resolve().parent.parent / "cassettes"
+# VMDK_SNAP_CASSETTE_DIR records into (and replays from) another directory,
+# e.g. a dry run that must not touch the committed cassettes.
+CASSETTE_DIR = Path(
+    os.environ.get("VMDK_SNAP_CASSETTE_DIR") or Path(__file__).resolve().parent.parent / "cassettes"
+).resolve()
 SCRUBBED = "**scrubbed**"
 SCRUBBED_COOKIE = 'vmware_soap_session="scrubbed"'
 
@@ -109,7 +114,7 @@ def scan(paths: Iterable[Path], secrets: Iterable[str] = ()) -> list[str]:
     Args:
         paths: cassette files to read.
         secrets: literal strings that must not appear (e.g. the password in
-            ``VMDK_SNAP_PASSWORD`` when recording against a real vCenter).
+            ``VMDK_SNAP_RECORD_PASSWORD`` when recording against a real vCenter).
     """
     literal = [s for s in secrets if s]
     findings = []

@@ -6,13 +6,23 @@ given) and ``[replay]`` from that cassette with the network blocked. Tests
 marked ``live`` run against the simulator only.
 
 Options: ``--tier=live|replay|all`` picks tiers; ``--record`` re-records.
+
+Recording targets the simulator, or a real vCenter when
+``VMDK_SNAP_RECORD_URL`` (and its user name and password) are set: the
+``vc`` fixture then points there, scenarios are built with plain pyVmomi
+(``tests/realvc.py``) and tests that need the simulator's control API are
+skipped. ``VMDK_SNAP_CASSETTE_DIR`` records into (and replays from) another
+directory than ``cassettes/``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import socket
+import ssl
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,13 +31,38 @@ from typing import Any
 
 import pytest
 
-from tests.cassettes import CASSETTE_DIR, make_vcr
+from tests.cassettes import CASSETTE_DIR, make_vcr, scan
+from tests.realvc import NEEDS_CTL, RealVCenterControl, RecordTarget
 from vmdk_snap.testing import DEFAULT_USERNAME, Control, Simulator
+
+# vcrpy logs every response at INFO, session keys included: keep it quiet.
+logging.getLogger("vcr").setLevel(logging.WARNING)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--tier", choices=["live", "replay", "all"], default="all")
-    parser.addoption("--record", action="store_true", help="re-record cassettes from the simulator")
+    parser.addoption(
+        "--record",
+        action="store_true",
+        help="re-record cassettes from the simulator (or the vCenter in VMDK_SNAP_RECORD_URL)",
+    )
+
+
+def _record_target(config: pytest.Config) -> RecordTarget | None:
+    """The real vCenter to record from: only with --record and VMDK_SNAP_RECORD_URL."""
+    if not config.getoption("--record"):
+        return None
+    try:
+        return RecordTarget.from_env()
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from exc
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    target = _record_target(config)
+    if target is None:
+        return None
+    return f"recording against the real vCenter {target.url} into {CASSETTE_DIR}"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -61,14 +96,42 @@ def tier(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def simulator() -> Iterator[Simulator]:
-    """One simulator for the session; tests seed their own scenarios in it."""
+def simulator(request: pytest.FixtureRequest) -> Iterator[Simulator]:
+    """One simulator for the session; tests seed their own scenarios in it.
+
+    When it stops, the session fails (an error in pytest's summary, exit
+    code 1) if any lazy pyVmomi property access (``Fetch``) reached it.
+    """
+    if _record_target(request.config) is not None:
+        pytest.skip(f"{NEEDS_CTL}: the test uses the simulator itself")
     with Simulator() as sim:
         yield sim
         # pyVmomi's lazy accessors show up as Fetch: none are allowed, in the
         # library or in the tests.
-        fetches = sim.control().request("GET", "/calls", total=1).get("Fetch", 0)
-        assert fetches == 0, f"{fetches} lazy pyVmomi property fetches reached the simulator"
+        calls = sim.control().request("GET", "/calls", total=1)
+        fetches = int(calls.get("Fetch", 0))
+        if fetches:
+            request.config.stash[_FETCHES] = fetches
+            pytest.fail(_fetch_message(fetches), pytrace=False)
+
+
+_FETCHES = pytest.StashKey[int]()
+
+
+def _fetch_message(fetches: int) -> str:
+    return (
+        f"Fetch check: {fetches} lazy pyVmomi property fetch(es) reached the simulator "
+        "during this session: read properties with the property collector "
+        "(tests/vsphere.py props), never vm.config... or si.content"
+    )
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Repeat a failed Fetch check in full at the end (the short summary cuts it)."""
+    fetches = config.stash.get(_FETCHES, 0)
+    if fetches:
+        terminalreporter.section("suite checks", sep="=", red=True, bold=True)
+        terminalreporter.line("FAILED " + _fetch_message(fetches), red=True)
 
 
 @dataclass(frozen=True)
@@ -84,12 +147,42 @@ class Target:
     ca_file: str
     thumbprint: str
     ctl: Control
+    insecure: bool = False
 
 
 def _cassette_path(request: pytest.FixtureRequest) -> Path:
-    module = str(request.node.module.__name__).rsplit(".", 1)[-1]
-    name = str(request.node.originalname)
+    return _cassette_of(request.node)
+
+
+def _cassette_of(item: Any) -> Path:
+    module = str(item.module.__name__).rsplit(".", 1)[-1]
+    name = str(item.originalname)
     return CASSETTE_DIR / module / f"{name}.yaml"
+
+
+def _record_skip(cassette: Path, reason: str) -> None:
+    """Note that a test could not be recorded from a real vCenter.
+
+    Replay then skips it for the same reason instead of failing for a
+    missing cassette.
+    """
+    cassette.parent.mkdir(parents=True, exist_ok=True)
+    cassette.unlink(missing_ok=True)
+    meta = {"seeder": "vcenter", "skipped": reason}
+    cassette.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Recording from a real vCenter: tests that use the simulator itself skip."""
+    if _record_target(item.config) is None or item.get_closest_marker("cassette") is None:
+        return
+    params = getattr(item, "callspec", None)
+    if params is None or params.params.get("tier") != "live":
+        return
+    if "simulator" in getattr(item, "fixturenames", ()):
+        reason = f"{NEEDS_CTL}: the test uses the simulator itself"
+        _record_skip(_cassette_of(item), reason)
+        pytest.skip(reason)
 
 
 def _block_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,14 +193,102 @@ def _block_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    path.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def _check_scrubbed(cassette: Path, meta_path: Path, password: str) -> None:
+    """Fail (and delete the recording) if a credential got into it."""
+    files = [p for p in (cassette, meta_path) if p.exists()]
+    findings = scan(files, secrets=[password])
+    if findings:
+        for p in files:
+            p.unlink()
+        pytest.fail("credentials in the recording (deleted): " + "; ".join(findings))
+
+
+def _server_thumbprint(target: RecordTarget) -> str:
+    """SHA-256 of the vCenter's certificate (tests pin it), as ``AB:CD:...``.
+
+    The handshake is verified with the CA file or the system's CAs, unless
+    the target is insecure.
+    """
+    context = ssl.create_default_context(cafile=target.ca_file or None)
+    if target.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((target.host_name, target.port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=target.host_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True) or b""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def _record_real(
+    target: RecordTarget, request: pytest.FixtureRequest, cassette: Path, meta_path: Path
+) -> Iterator[Target]:
+    """Record ``cassette`` against a real vCenter, seeding with plain pyVmomi."""
+    namespace = f"{cassette.parent.name}/{cassette.stem}"
+    ctl = RealVCenterControl(target, namespace)
+    thumbprint = target.thumbprint or _server_thumbprint(target)
+    live = Target(
+        "live",
+        target.url,
+        target.host_name,
+        target.port,
+        target.username,
+        target.password,
+        target.ca_file,
+        thumbprint,
+        ctl,
+        target.insecure,
+    )
+    cassette.parent.mkdir(parents=True, exist_ok=True)
+    cassette.unlink(missing_ok=True)
+    try:
+        with make_vcr("all").use_cassette(str(cassette)):
+            try:
+                yield live
+            finally:
+                ctl.close()
+    finally:
+        if not cassette.exists():
+            # Nothing reached vCenter: the test skipped (or failed) first.
+            _record_skip(cassette, f"{NEEDS_CTL}: skipped before any call when recorded")
+    if not cassette.exists():
+        return
+    meta = {
+        "url": target.url,
+        "username": target.username,
+        "thumbprint": thumbprint,
+        "ca_pem": Path(target.ca_file).read_text() if target.ca_file else "",
+        "insecure": target.insecure,
+        "seeder": "vcenter",
+        "placement": target.placement(),
+    }
+    _write_meta(meta_path, meta)
+    _check_scrubbed(cassette, meta_path, target.password)
+
+
 @pytest.fixture
 def vc(
     tier: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Target]:
-    """A vCenter to talk to: the live simulator, or a cassette of it."""
+    """A vCenter to talk to: the live simulator (or, when recording, the
+    vCenter in ``VMDK_SNAP_RECORD_URL``), or a cassette of either."""
     cassette = _cassette_path(request)
     meta_path = cassette.with_suffix(".meta.json")
     if tier == "live":
+        recording = request.config.getoption("--record")
+        is_cassette = request.node.get_closest_marker("cassette") is not None
+        real = _record_target(request.config)
+        if real is not None:
+            if not is_cassette:
+                pytest.skip(f"{NEEDS_CTL}: only cassette tests are recorded from a real vCenter")
+            yield from _record_real(real, request, cassette, meta_path)
+            return
         sim: Simulator = request.getfixturevalue("simulator")
         assert sim.info is not None
         info = sim.info
@@ -122,46 +303,74 @@ def vc(
             info.thumbprint,
             sim.control(),
         )
-        recording = request.config.getoption("--record")
-        if not recording or request.node.get_closest_marker("cassette") is None:
+        if not recording or not is_cassette:
             yield target
             return
         cassette.parent.mkdir(parents=True, exist_ok=True)
         cassette.unlink(missing_ok=True)
         with make_vcr("all").use_cassette(str(cassette)):
             yield target
-        meta = {
-            "url": info.url,
-            "username": info.username,
-            "thumbprint": info.thumbprint,
-            "ca_pem": Path(info.ca_file).read_text(),
-        }
-        meta_path.write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        _write_meta(
+            meta_path,
+            {
+                "url": info.url,
+                "username": info.username,
+                "thumbprint": info.thumbprint,
+                "ca_pem": Path(info.ca_file).read_text(),
+                "seeder": "simulator",
+            },
+        )
+        _check_scrubbed(cassette, meta_path, info.password)
         return
 
+    meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    placement: dict[str, str] = dict(meta.get("placement") or {})
+    if meta.get("skipped"):
+        pytest.skip(f"recorded from a real vCenter without this test: {meta['skipped']}")
     if not cassette.exists() or not meta_path.exists():
         pytest.fail(f"no cassette {cassette}; record it with: ./dev record")
-    meta = json.loads(meta_path.read_text())
-    ca_dir = tempfile.mkdtemp(prefix="vmdk-snap-replay-")
-    ca_file = os.path.join(ca_dir, "ca.pem")
-    Path(ca_file).write_text(meta["ca_pem"])
+    ca_file = ""
+    if meta.get("ca_pem"):
+        ca_dir = tempfile.mkdtemp(prefix="vmdk-snap-replay-")
+        ca_file = os.path.join(ca_dir, "ca.pem")
+        Path(ca_file).write_text(meta["ca_pem"])
     _block_network(monkeypatch)
     url = meta["url"]
     control_url = url.rsplit("/sdk", 1)[0] + "/_ctl"
     sim_host, _, port = url.split("://", 1)[1].split("/", 1)[0].rpartition(":")
+    username = meta.get("username", DEFAULT_USERNAME)
+    ctl: Control = Control(control_url, ca_file or None)
+    if meta.get("seeder") == "vcenter":
+        # Recorded from a real vCenter: the seeder's SOAP calls are in the
+        # cassette, so the same seeder replays them.
+        replayed = RecordTarget(
+            url=url,
+            username=username,
+            password="replay-password",
+            ca_file=ca_file,
+            thumbprint=meta.get("thumbprint", ""),
+            insecure=bool(meta.get("insecure", False)),
+            **placement,
+        )
+        ctl = RealVCenterControl(replayed, f"{cassette.parent.name}/{cassette.stem}")
     target = Target(
         tier,
         url,
-        sim_host,
-        int(port),
-        meta.get("username", DEFAULT_USERNAME),
+        sim_host or "127.0.0.1",
+        int(port or 443),
+        username,
         "replay-password",
         ca_file,
         meta["thumbprint"],
-        Control(control_url, ca_file),
+        ctl,
+        bool(meta.get("insecure", False)),
     )
     with make_vcr("none").use_cassette(str(cassette), allow_playback_repeats=False):
-        yield target
+        try:
+            yield target
+        finally:
+            if isinstance(ctl, RealVCenterControl):
+                ctl.close()
 
 
 @pytest.fixture
@@ -173,7 +382,9 @@ def session(vc: Target) -> Iterator[Any]:
         vc.url,
         vc.username,
         vc.password,
-        ca_file=vc.ca_file,
+        ca_file=vc.ca_file or None,
+        thumbprint=None if vc.ca_file else vc.thumbprint or None,
+        insecure=vc.insecure,
         retry=RetryPolicy(initial_delay=0.01, max_delay=0.05),
     ) as s:
         yield s

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.cassettes import CASSETTE_DIR, scan, scrub_body
 
 
@@ -15,7 +17,10 @@ def _cassettes() -> list[Path]:
 def test_recorded_cassettes_hold_no_credentials() -> None:
     files = _cassettes()
     assert files, "no cassettes recorded: run ./dev record"
-    secrets = [os.environ.get("VMDK_SNAP_PASSWORD", ""), os.environ.get("GOVC_PASSWORD", "")]
+    # The real vCenter's password when recording against one, and the
+    # passwords vmdk-snap itself reads.
+    names = ("VMDK_SNAP_RECORD_PASSWORD", "VMDK_SNAP_PASSWORD", "GOVC_PASSWORD")
+    secrets = [os.environ.get(name, "") for name in names]
     assert scan(files, secrets) == []
 
 
@@ -35,6 +40,19 @@ def test_scanner_finds_a_session_cookie(tmp_path: Path) -> None:
     planted = tmp_path / "cookie.yaml"
     planted.write_text('Set-Cookie:\n- vmware_soap_session="52a1b2c3"; Path=/\n')
     assert any("session cookie" in f for f in scan([planted]))
+
+
+def test_scanner_finds_the_record_password_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real vCenter's password is caught even where no pattern looks (a URL)."""
+    planted = tmp_path / "leak.yaml"
+    planted.write_text("uri: https://rec:Real-VC-pw.1@vc.example.org/sdk\n")
+    assert scan([planted]) == []
+    monkeypatch.setenv("VMDK_SNAP_RECORD_PASSWORD", "Real-VC-pw.1")
+    monkeypatch.setattr("tests.test_cassettes._cassettes", lambda: [planted])
+    with pytest.raises(AssertionError, match="contains a known secret"):
+        test_recorded_cassettes_hold_no_credentials()
 
 
 def test_scrub_replaces_password_and_login_key() -> None:
