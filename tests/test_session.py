@@ -137,7 +137,7 @@ def test_plain_http_and_bad_thumbprints_are_refused_before_connecting() -> None:
 # -- re-login and retries ----------------------------------------------------------
 
 
-@pytest.mark.live
+@pytest.mark.cassette
 def test_an_expired_session_is_logged_in_again_once(
     clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:
@@ -177,17 +177,18 @@ def test_a_lost_read_is_retried_and_succeeds(
     assert vc.ctl.calls()["RetrievePropertiesEx"] == 2
 
 
-@pytest.mark.live
+@pytest.mark.cassette
 def test_host_communication_is_retried(clean_sim: Target, session: Session, ops: VolumeOps) -> None:
     vc = clean_sim
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     vc.ctl.inject_fault("CreateSnapshot_Task", kind="soap", fault="HostCommunication")
+    vc.ctl.reset_calls()
     ops.create_snapshot(vm(vol["moref"]), "after-retry")
     assert vc.ctl.calls()["CreateSnapshot_Task"] == 2
     assert [n.name for n in ops.get_vm(vm(vol["moref"])).all_snapshots()] == ["after-retry"]
 
 
-@pytest.mark.live
+@pytest.mark.cassette
 def test_permanent_faults_are_not_retried(
     clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:
@@ -298,7 +299,7 @@ def test_threads_share_one_session_and_one_re_login(
     assert 13 <= session.calls["RetrievePropertiesEx"] <= 24
 
 
-@pytest.mark.live
+@pytest.mark.cassette
 def test_task_in_progress_is_retried_after_a_wait(
     clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:
@@ -327,7 +328,7 @@ def test_a_lost_remove_that_ran_is_not_repeated(
     assert [n.ref for n in ops.get_vm(backing).all_snapshots()] == [keep]
 
 
-@pytest.mark.live
+@pytest.mark.cassette
 def test_unknown_faults_keep_the_original(
     clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:

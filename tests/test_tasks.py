@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import Target
-from vmdk_snap.errors import FileLocked, TaskTimeout, fault_name
+from vmdk_snap.errors import FileLocked, TaskTimeout, VsphereFault, fault_name
 from vmdk_snap.session import Session
 from vmdk_snap.tasks import wait_for_tasks
 from vmdk_snap.types import Moref, TaskRef
@@ -215,6 +215,50 @@ def test_task_exceeding_its_timeout_names_it(clean_sim: Target) -> None:
         node = ops.get_vm(vm(vol["moref"])).snapshot_named("slow")
         assert node is not None
         assert node.ref == snap
+
+
+@pytest.mark.cassette
+def test_a_timeout_names_the_task_still_running(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.set_task_time("CreateSnapshot_Task", 1000)
+    # A zero timeout is over before the first wait: the same requests live and
+    # replayed (a longer one is measured against the clock, see the live test).
+    with pytest.raises(TaskTimeout) as err:
+        ops.create_snapshot(vm(vol["moref"]), "late", timeout=0)
+    task = err.value.task
+    assert task is not None
+    assert str(err.value) == (
+        f"CreateSnapshot_Task on {vol['moref']} (task {task.ref.value}) did not finish "
+        "within 0 s; it may still be running: check the task in vCenter before retrying"
+    )
+    assert ops.wait(task, timeout=30) == ops.get_vm(vm(vol["moref"])).current_snapshot
+
+
+@pytest.mark.live
+def test_a_failed_wait_destroys_the_filter_and_the_next_wait_builds_a_new_one(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    ops.create_snapshot(backing, "first")
+    vc.ctl.inject_fault("WaitForUpdatesEx", kind="soap", fault="InvalidCollectorVersion")
+    session.reset_calls()
+    with pytest.raises(VsphereFault) as err:
+        ops.create_snapshot(backing, "second")
+    assert fault_name(err.value.fault) == "InvalidCollectorVersion"
+    assert session.calls["DestroyPropertyFilter"] == 1
+    assert session.calls["DestroyView"] == 1
+    session.reset_calls()
+    ops.create_snapshot(backing, "third")
+    assert session.calls["CreateListView"] == 1
+    assert session.calls["CreateFilter"] == 1
+    # The task itself went on in vCenter: only our wait for it failed.
+    names = [n.name for n in ops.get_vm(backing).all_snapshots()]
+    assert names == ["first", "second", "third"]
 
 
 @pytest.mark.live
