@@ -163,13 +163,36 @@ def _cassette_of(item: Any) -> Path:
 def _record_skip(cassette: Path, reason: str) -> None:
     """Note that a test could not be recorded from a real vCenter.
 
-    Replay then skips it for the same reason instead of failing for a
-    missing cassette.
+    A cassette recorded before (from the simulator) is kept as it is; only a
+    test without one gets a note, so that replay skips it for the same
+    reason instead of failing for a missing cassette.
     """
+    meta_path = cassette.with_suffix(".meta.json")
+    if cassette.exists() or meta_path.exists():
+        return
     cassette.parent.mkdir(parents=True, exist_ok=True)
-    cassette.unlink(missing_ok=True)
-    meta = {"seeder": "vcenter", "skipped": reason}
-    cassette.with_suffix(".meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    _write_meta(meta_path, {"seeder": "vcenter", "skipped": reason})
+
+
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report, so fixtures can tell a skipped test at teardown."""
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+def _skip_reason(item: pytest.Item) -> str | None:
+    for report in item.stash.get(_REPORTS, {}).values():
+        if report.skipped:
+            longrepr = report.longrepr
+            if isinstance(longrepr, tuple):
+                return str(longrepr[2]).removeprefix("Skipped: ")
+            return str(longrepr)
+    return None
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -245,20 +268,25 @@ def _record_real(
         ctl,
         target.insecure,
     )
+    # Record beside the cassette: a test that skips (it needs the control
+    # API) leaves the cassette recorded before from the simulator in place.
     cassette.parent.mkdir(parents=True, exist_ok=True)
-    cassette.unlink(missing_ok=True)
+    partial = cassette.with_suffix(".recording.yaml")
+    partial.unlink(missing_ok=True)
     try:
-        with make_vcr("all").use_cassette(str(cassette)):
+        with make_vcr("all").use_cassette(str(partial)):
             try:
                 yield live
             finally:
                 ctl.close()
     finally:
-        if not cassette.exists():
-            # Nothing reached vCenter: the test skipped (or failed) first.
-            _record_skip(cassette, f"{NEEDS_CTL}: skipped before any call when recorded")
-    if not cassette.exists():
+        skipped = _skip_reason(request.node)
+        if skipped is not None or not partial.exists():
+            partial.unlink(missing_ok=True)
+            _record_skip(cassette, skipped or f"{NEEDS_CTL}: nothing was recorded")
+    if not partial.exists():
         return
+    partial.replace(cassette)
     meta = {
         "url": target.url,
         "username": target.username,
