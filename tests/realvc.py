@@ -116,6 +116,34 @@ class RecordTarget:
         }
 
 
+class _PinnedContext(ssl.SSLContext):
+    """Trusts exactly the certificate whose SHA-256 digest is ``pinned``."""
+
+    pinned = ""
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        sock = super().wrap_socket(*args, **kwargs)
+        got = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").hexdigest()
+        if got != self.pinned:
+            sock.close()
+            raise ssl.SSLCertVerificationError(
+                f"the vCenter's certificate has SHA-256 {got}, not the pinned "
+                "VMDK_SNAP_RECORD_THUMBPRINT"
+            )
+        return sock
+
+
+def _pinned_context(thumbprint: str) -> ssl.SSLContext:
+    digest = thumbprint.replace(":", "").lower()
+    if len(digest) != 64:
+        raise ValueError("VMDK_SNAP_RECORD_THUMBPRINT must be a SHA-256 digest (64 hex digits)")
+    context = _PinnedContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the digest check above replaces it
+    context.pinned = digest
+    return context
+
+
 def stable_uuid(*parts: str) -> str:
     """A name-based UUID, derived as the simulator derives its ids."""
     h = hashlib.sha1(usedforsecurity=False)
@@ -186,9 +214,8 @@ class RealVCenterControl(Control):
         if t.insecure:
             kwargs["disableSslCertValidation"] = True
         elif t.thumbprint:
-            # pyVmomi checks the pinned SHA-1/256/512 digest itself.
-            kwargs["sslContext"] = ssl._create_unverified_context()  # noqa: S323 - pinned below
-            kwargs["thumbprint"] = t.thumbprint.replace(":", "").lower()
+            # pyVim's version probe ignores its thumbprint argument: pin here.
+            kwargs["sslContext"] = _pinned_context(t.thumbprint)
         else:
             kwargs["sslContext"] = ssl.create_default_context(cafile=t.ca_file or None)
         path = urllib.parse.urlsplit(t.url).path or "/sdk"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -187,3 +188,28 @@ def test_a_lazy_fetch_fails_the_run_visibly(tmp_path: Path, simulator: Simulator
     assert "ERROR test_lazy.py::test_reads_a_name_lazily[live] - Failed: Fetch check" in summary
     checks = out.split("suite checks", 1)[1]
     assert "FAILED Fetch check: 1 lazy pyVmomi property fetch(es) reached the simulator" in checks
+
+
+def _seeder(env: dict[str, str], namespace: str) -> RealVCenterControl:
+    target = RecordTarget.from_env(env)
+    assert target is not None
+    return RealVCenterControl(target, namespace)
+
+
+@pytest.mark.live
+def test_real_vcenter_seeder_pins_a_thumbprint(simulator: Simulator) -> None:
+    assert simulator.info is not None
+    env = _env_for(simulator)
+    del env["VMDK_SNAP_RECORD_CA_FILE"]
+    # Neither a CA nor a pin: the simulator's certificate is not trusted.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _seeder(env, "pin/none").scenario("available-volume")
+    wrong = dict(env, VMDK_SNAP_RECORD_THUMBPRINT="AB:" * 31 + "AB")
+    with pytest.raises(ssl.SSLCertVerificationError, match="not the pinned"):
+        _seeder(wrong, "pin/wrong").scenario("available-volume")
+    right = dict(env, VMDK_SNAP_RECORD_THUMBPRINT=simulator.info.thumbprint)
+    seeder = _seeder(right, "pin/right")
+    try:
+        assert len(seeder.scenario("available-volume")["volumes"]) == 1
+    finally:
+        seeder.close()
