@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cassettes import scan
 from tests.conftest import Target
 from tests.realvc import NEEDS_CTL, RealVCenterControl, RecordTarget
 from tests.vsphere import connect, disk_paths, props
@@ -213,3 +215,83 @@ def test_real_vcenter_seeder_pins_a_thumbprint(simulator: Simulator) -> None:
         assert len(seeder.scenario("available-volume")["volumes"]) == 1
     finally:
         seeder.close()
+
+
+RECORDED_TESTS = """
+import pytest
+
+from tests.vsphere import connect, disk_paths, props
+
+
+@pytest.mark.cassette
+def test_seeded_on_the_vcenter(vc):
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    with connect(vc) as si:
+        index = si.RetrieveContent().searchIndex
+        instance = index.FindByUuid(None, inst["uuid"], True, True)
+        assert vol["vmdk"] in disk_paths(si, instance)
+        assert props(si, instance, "runtime.powerState")["runtime.powerState"] == "poweredOn"
+
+
+@pytest.mark.cassette
+def test_needs_the_control_api(vc):
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.write(vol["moref"], 2000, "t1")
+"""
+
+
+def _pytest(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider"]
+    return subprocess.run(
+        [*command, "-rs", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@pytest.mark.live
+def test_record_from_a_real_vcenter_then_replay(tmp_path: Path, simulator: Simulator) -> None:
+    """``--record`` with VMDK_SNAP_RECORD_*: the conftest path, end to end.
+
+    The session's simulator stands in for the real vCenter (it speaks the
+    same SOAP); cassettes go to a temporary VMDK_SNAP_CASSETTE_DIR.
+    """
+    assert simulator.info is not None
+    (tmp_path / "test_tiny.py").write_text(RECORDED_TESTS)
+    cassettes = tmp_path / "cassettes"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(repo_root()),
+        VMDK_SNAP_CASSETTE_DIR=str(cassettes),
+        **_env_for(simulator),
+    )
+    recorded = _pytest(["--tier=live", "--record", "-m", "cassette", "test_tiny.py"], tmp_path, env)
+    out = recorded.stdout
+    assert recorded.returncode == 0, out + recorded.stderr
+    assert f"recording against the real vCenter {simulator.info.url}" in out
+    assert "1 passed, 1 skipped" in out
+    assert "needs the simulator's control API (a real vCenter has none): POST /_ctl/write" in out
+
+    cassette = cassettes / "test_tiny" / "test_seeded_on_the_vcenter.yaml"
+    meta = json.loads(cassette.with_suffix(".meta.json").read_text())
+    assert meta["seeder"] == "vcenter"
+    assert meta["thumbprint"] == simulator.info.thumbprint
+    text = cassette.read_text()
+    assert "CreateVM_Task" in text  # the seeding is in the cassette
+    assert "Destroy_Task" in text  # and so is the clean-up
+    files = sorted(cassettes.rglob("*.yaml")) + sorted(cassettes.rglob("*.json"))
+    assert scan(files, secrets=[simulator.info.password]) == []
+    assert not list(cassettes.rglob("*.recording.yaml"))
+
+    # Replay: no vCenter, no password; the skipped test skips again.
+    for name in ("VMDK_SNAP_RECORD_URL", "VMDK_SNAP_RECORD_PASSWORD"):
+        env.pop(name)
+    replayed = _pytest(["--tier=replay", "test_tiny.py"], tmp_path, env)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "1 passed, 1 skipped" in replayed.stdout
+    assert "needs the simulator's control API" in replayed.stdout
