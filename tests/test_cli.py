@@ -247,3 +247,44 @@ def test_progress_bars_on_a_terminal_fed_by_task_progress(cli: Cli) -> None:
     assert percentages == sorted(percentages)
     assert len(set(percentages)) >= 2
     assert quiet.err == ""
+
+
+@pytest.mark.cassette
+def test_repeated_snapshot_says_already_exists_and_changes_nothing(cli: Cli) -> None:
+    ctl = cli.target.ctl
+    seeded = ctl.scenario("attached-volume")
+    vol = seeded["volumes"][0]
+    first = cli("snapshot", vol["id"], "--name", "r1", "--force", "--json")
+    assert first.code == 0, first.err
+    assert first.json()["created"] is True
+    ctl.reset_calls()
+    # A retry, even without --force on the in-use volume, gets the first snapshot.
+    again = cli("snapshot", vol["id"], "--name", "r1")
+    again_doc = cli("snapshot", vol["id"], "--name", "r1", "--json").json()
+    assert tasks_started(ctl.calls()) == {}
+    assert again.code == 0, again.err
+    moref = first.json()["snapshot"]["moref"]
+    assert again.out.startswith(f"volume-{vol['id']}: snapshot r1 ({moref}), created ")
+    assert again.out.endswith(" already exists: nothing was changed\n")
+    assert again_doc["created"] is False
+    assert again_doc["snapshot"]["moref"] == moref
+    assert [s["name"] for s in cli("list", vol["id"], "--json").json()["snapshots"]] == ["r1"]
+
+
+@pytest.mark.live
+def test_consolidate_draws_progress_bars_fed_by_its_tasks(cli: Cli) -> None:
+    ctl = cli.target.ctl
+    vol = ctl.scenario("attached-volume-moved")["volumes"][0]
+    ctl.set_task_time("RelocateVM_Task", 400)
+    try:
+        shown = cli("consolidate", vol["id"], tty=True)
+    finally:
+        ctl.reset_timing()
+    assert shown.code == 0, shown.err
+    bars = [chunk for chunk in shown.err.split("\r") if chunk.startswith("relocate_backing [")]
+    assert bars, shown.err
+    assert bars[-1].rstrip().endswith("100%")
+    steps = {chunk.split(" ", 1)[0].strip() for chunk in shown.err.split("\r") if chunk.strip()}
+    assert steps >= {"relocate_backing", "swap_backing_disk", "delete_stale_copy"}
+    again = cli("consolidate", vol["id"], "--json")
+    assert again.json()["consolidated"] is False

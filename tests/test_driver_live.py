@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -426,7 +427,16 @@ def test_plan_changes_nothing(vc: Target, ops: Any, tmp_path: Path) -> None:
         "swap_backing_disk",
         "delete_stale_copy",
     ]
-    assert "no data is copied" in plan.steps[0].description
+    relocate = plan.steps[0].description
+    assert "no data is copied" in relocate
+    # Names, as `check` shows them, not morefs.
+    host = driver.describe(vol["id"]).instance_host
+    assert host
+    assert f"to host {host}, pool Resources, datastore ds-shared-2" in relocate
+    assert "from host " in relocate
+    assert not re.search(r"\b(host|resgroup|datastore)-\d+", relocate), relocate
+    assert "point of no return" in plan.steps[5].undo
+    assert not plan.steps[5].reversible
     assert vol["vmdk"] in plan.steps[-1].description
     assert driver.journal.workflows() == []
 

@@ -2,7 +2,7 @@
 
 These steps are not vCenter: they exercise the engine's ordering, journaling,
 rollback and recovery rules on their own. The vCenter workflows are tested
-live in tests/test_workflow_live.py.
+live in tests/test_driver_live.py and tests/test_workflow_faults.py.
 """
 
 from __future__ import annotations
@@ -175,8 +175,11 @@ def test_snapshot_names_are_validated_and_temporary_names_fit() -> None:
     for bad in ['a"b', "a'b", "<b>", "a>b", "snäp", "a b", "x" * 81, ""]:
         with pytest.raises(InvalidInput, match="ASCII letters, digits"):
             validate_snapshot_name(bad)
-    assert temp_snapshot_name("snapshot-1") == "vmdk-snap-tmp-snapshot-1"
+    vol = "2694e50a-c604-59cf-a7fb-eb0bb14d4667"
+    assert temp_snapshot_name(vol, "s1") == f"vmdk-snap-tmp-{vol}-s1"
+    # One per volume: two volumes of an instance never share a temporary name.
+    assert temp_snapshot_name(vol, "s1") != temp_snapshot_name(vol[:-1] + "8", "s1")
     long_a, long_b = "a" * 79 + "1", "a" * 79 + "2"
-    assert len(temp_snapshot_name(long_a)) == 80
-    assert temp_snapshot_name(long_a) != temp_snapshot_name(long_b)
-    assert temp_snapshot_name(long_a) == temp_snapshot_name(long_a)
+    assert len(temp_snapshot_name(vol, long_a)) == 80
+    assert temp_snapshot_name(vol, long_a) != temp_snapshot_name(vol, long_b)
+    assert temp_snapshot_name(vol, long_a) == temp_snapshot_name(vol, long_a)

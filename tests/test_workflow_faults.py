@@ -10,6 +10,7 @@ with no data lost.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,8 @@ from vmdk_snap.driver import Volume
 from vmdk_snap.engine import Incomplete
 from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.journal import Journal
+from vmdk_snap.session import Session
+from vmdk_snap.volumeops import VolumeOps
 
 # step -> (SOAP method, which VM's moref to match, calls of it to let through)
 STEPS: dict[str, tuple[str, str | None, int]] = {
@@ -64,6 +67,7 @@ def _assert_as_before(
     """
     after = world(vc, ops, inst["moref"], vol["moref"])
     assert after.trees == before.trees
+    assert after.homes == before.homes  # host, pool and home datastore of both VMs
     assert after.chains[vol["moref"]] == before.chains[vol["moref"]]
     old, new = before.disks(inst["moref"]), after.disks(inst["moref"])
     assert old.keys() == new.keys()
@@ -126,14 +130,32 @@ def test_failure_at_each_step_is_rolled_back_exactly(
 
 
 _CHILD = """
-import os, sys
+import os, signal, sys
 from pathlib import Path
 from vmdk_snap.session import Session
 from vmdk_snap.driver import Driver, Volume
-url, user, ca, journal, vol, inst = sys.argv[1:]
+from vmdk_snap.journal import Journal
+from vmdk_snap.session import Session
+from vmdk_snap.volumeops import VolumeOps
+url, user, ca, journal, op, vol, inst, die_at = sys.argv[1:]
+if die_at:
+    # Die the moment the journal would record the task id of step die_at:
+    # its call was sent and answered, the id is never written.
+    record_task = Journal.step_task
+    def step_task(self, wf_id, index, task):
+        step = next(s for s in self.get(wf_id).steps if s.index == index)
+        if step.name == die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        record_task(self, wf_id, index, task)
+    Journal.step_task = step_task
 with Session(url, user, os.environ["VMDK_SNAP_TEST_PASSWORD"], ca_file=ca) as s:
-    Driver(s, journal_path=Path(journal)).create_snapshot(
-        Volume(vol, "in-use", inst), "snapshot-1", force=True)
+    driver = Driver(s, journal_path=Path(journal))
+    if op == "snapshot":
+        driver.create_snapshot(Volume(vol, "in-use", inst), "snapshot-1", force=True)
+    elif op == "delete":
+        driver.delete_snapshot(Volume(vol, "available"), "snapshot-1")
+    else:
+        driver.revert_to_snapshot(Volume(vol, "available"), "snapshot-1")
 """
 
 
@@ -151,33 +173,68 @@ def _wait_for_task_of(journal: Path, step: str, proc: subprocess.Popen[bytes]) -
     pytest.fail(f"step {step} never started")
 
 
-@pytest.mark.live
-@pytest.mark.parametrize("step", list(STEPS))
-def test_kill_at_each_step_then_recover(vc: Target, ops: Any, tmp_path: Path, step: str) -> None:
-    seeded, inst, vol, before = _seed(vc, ops)
-    key = volume_disk_key(ops, vol, inst["moref"])
-    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
+def _killed_at(
+    vc: Target,
+    tmp_path: Path,
+    step: str,
+    vol: str,
+    inst: str,
+    *,
+    before_task_id: bool,
+    op: str = "snapshot",
+    method: str = "",
+) -> None:
+    """Run workflow ``op`` in a child process and SIGKILL it during ``step``.
+
+    ``before_task_id``: the child kills itself right after the step's call
+    was answered, before the journal records the task's id (the window a
+    lost answer or an unlucky kill leaves open); otherwise the test kills it
+    once the journal shows the task id. The step's task is slow (1.5 s), so
+    it is still running in vCenter when the process is gone.
+    """
     journal = tmp_path / "state" / "journal.sqlite"
-    method = STEPS[step][0]
-    vc.ctl.set_task_time(method, 1500)
+    vc.ctl.set_task_time(method or STEPS[step][0], 1500)
     env = dict(os.environ, VMDK_SNAP_TEST_PASSWORD=vc.password)
-    args = [vc.url, vc.username, vc.ca_file, str(journal), vol["id"], inst["uuid"]]
+    die_at = step if before_task_id else ""
+    args = [vc.url, vc.username, vc.ca_file, str(journal), op, vol, inst, die_at]
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args], env=env)
     try:
-        _wait_for_task_of(journal, step, proc)
-        proc.kill()  # the task goes on in vCenter; the process is gone
-        proc.wait()
+        if before_task_id:
+            assert proc.wait(60) == -signal.SIGKILL
+            rec = Journal(journal).workflows()[-1].step(step)
+            assert rec is not None
+            assert (rec.state, rec.task) == (jn.STARTED, None)
+        else:
+            _wait_for_task_of(journal, step, proc)
+            proc.kill()  # the task goes on in vCenter; the process is gone
+            proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         vc.ctl.reset_timing()
 
+
+def _recover_and_check(
+    vc: Target,
+    ops: Any,
+    tmp_path: Path,
+    step: str,
+    *,
+    seeded: dict[str, Any],
+    before: World,
+    tokens: list[str],
+    key: int,
+) -> None:
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
     driver = make_driver(ops, tmp_path)
     (interrupted,) = driver.journal.unfinished()
     with pytest.raises(VmdkSnapError, match="interrupted snapshot_attached workflow"):
         driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "x", force=True)
     (result,) = driver.recover()
+    # Any task the dead process left running (1.5 s each) has ended before we
+    # look, so a task recover failed to wait for would show in what follows.
+    time.sleep(1.6)
     assert result.workflow_id == interrupted.id
     assert driver.journal.unfinished() == []
     if step in ("remove_instance_snapshot", "delete_stale_copy"):
@@ -195,4 +252,105 @@ def test_kill_at_each_step_then_recover(vc: Target, ops: Any, tmp_path: Path, st
         # The killed process had sent the step's call: recover waited for it.
         deltas = step in ("snapshot_instance", *AFTER_INSTANCE_SNAPSHOT)
         _assert_as_before(vc, ops, inst, vol, before=before, deltas=deltas)
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("before_task_id", [False, True], ids=["task-journaled", "task-unknown"])
+@pytest.mark.parametrize("step", list(STEPS))
+def test_kill_at_each_step_then_recover(
+    vc: Target, ops: Any, tmp_path: Path, step: str, before_task_id: bool
+) -> None:
+    """Killed during each step, with or without the task id journaled: recover settles it.
+
+    Without the task id the journal only says the step started; recover
+    must still wait for the task the dead process left running (or it would
+    roll back and then, say, find a temporary instance snapshot appear).
+    """
+    seeded, inst, vol, before = _seed(vc, ops)
+    key = volume_disk_key(ops, vol, inst["moref"])
+    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
+    _killed_at(vc, tmp_path, step, vol["id"], inst["uuid"], before_task_id=before_task_id)
+    _recover_and_check(
+        vc, ops, tmp_path, step, seeded=seeded, before=before, tokens=tokens, key=key
+    )
+
+
+# -- the one-step workflows: delete and revert (irreversible, no undo) --------------
+
+SINGLE = {
+    "delete": ("remove_snapshot", "RemoveSnapshot_Task"),
+    "revert": ("revert_to_snapshot", "RevertToSnapshot_Task"),
+}
+
+
+def _with_snapshot(vc: Target, ops: Any, tmp_path: Path) -> tuple[dict[str, Any], Any]:
+    """An available volume with snapshot-1, written to after it."""
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    node = make_driver(ops, tmp_path).create_snapshot(Volume(vol["id"]), "snapshot-1")
+    vc.ctl.write(vol["moref"], 2000, "after-snapshot")
+    return seeded, node
+
+
+def _assert_done(vc: Target, ops: Any, op: str, vol: dict[str, Any]) -> None:
+    backing = ops.get_vm(vm(vol["moref"]))
+    tokens = vc.ctl.read_disk(vol["moref"], 2000)["tokens"]
+    if op == "delete":  # merged into the base, no data lost
+        assert backing.snapshots == ()
+        assert backing.disks[0].chain == (vol["vmdk"],)
+        assert tokens == [f"seed:{vol['id']}", "after-snapshot"]
+    else:  # back to the snapshot's data, the snapshot kept
+        assert [n.name for n in backing.all_snapshots()] == ["snapshot-1"]
+        assert tokens == [f"seed:{vol['id']}"]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("op", list(SINGLE))
+def test_failure_at_delete_or_revert_changes_nothing(
+    vc: Target, ops: Any, tmp_path: Path, op: str
+) -> None:
+    """No undo, but nothing to undo: the only step failed, so nothing changed."""
+    seeded, node = _with_snapshot(vc, ops, tmp_path)
+    vol = seeded["volumes"][0]
+    step, method = SINGLE[op]
+    before = world(vc, ops, vol["moref"])
+    driver = make_driver(ops, tmp_path)
+    run = driver.delete_snapshot if op == "delete" else driver.revert_to_snapshot
+    vc.ctl.inject_fault(method, "task", "FileLocked", match=f">{node.ref.value}<")
+    try:
+        with pytest.raises(VmdkSnapError, match="FileLocked"):
+            run(Volume(vol["id"]), "snapshot-1")
+    finally:
+        vc.ctl.clear_faults()
+    (record,) = [r for r in driver.journal.workflows() if r.kind == op]
+    assert record.state == jn.ROLLED_BACK
+    assert [(s.name, s.state) for s in record.steps] == [(step, jn.FAILED)]
+    assert world(vc, ops, vol["moref"]) == before
+    run(Volume(vol["id"]), "snapshot-1")  # and it works once the cause is gone
+    _assert_done(vc, ops, op, vol)
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("before_task_id", [False, True], ids=["task-journaled", "task-unknown"])
+@pytest.mark.parametrize("op", list(SINGLE))
+def test_kill_during_delete_or_revert_then_recover_finishes(
+    vc: Target, ops: Any, tmp_path: Path, op: str, before_task_id: bool
+) -> None:
+    """The call was sent when the process died: recover reads vCenter and finishes."""
+    seeded, _node = _with_snapshot(vc, ops, tmp_path)
+    vol = seeded["volumes"][0]
+    step, method = SINGLE[op]
+    _killed_at(
+        vc, tmp_path, step, vol["id"], "", before_task_id=before_task_id, op=op, method=method
+    )
+    # `vmdk-snap recover` runs in a new process, with a session of its own.
+    with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
+        driver = make_driver(VolumeOps(session, task_timeout=60), tmp_path)
+        (result,) = driver.recover()
+    time.sleep(1.6)  # any task left running has ended before we look
+    assert (result.kind, result.outcome) == (op, "finished")
+    assert driver.journal.unfinished() == []
+    _assert_done(vc, ops, op, vol)
     assert_files_consistent(vc, seeded)

@@ -40,6 +40,7 @@ class World:
     chains: dict[str, Any]  # moref -> the simulator's chain view
     trees: list[tuple[Any, ...]]
     files: frozenset[str]
+    homes: tuple[tuple[str, str | None, str | None, str], ...] = ()  # moref, host, pool, vmx
 
     def disks(self, moref: str) -> dict[int, dict[str, Any]]:
         """Current disks (not snapshots') of a VM: key -> {chain, tokens}."""
@@ -47,10 +48,20 @@ class World:
 
 
 def world(vc: Target, ops: Any, *morefs: str) -> World:
+    infos = ops.get_vms([vm(m) for m in morefs])
     return World(
         chains={m: vc.ctl.chain(m) for m in morefs},
-        trees=snapshot_trees(ops, *morefs),
+        trees=[tree(info.snapshots) for info in infos],
         files=frozenset(f for ds in DATASTORES for f in vc.ctl.files(ds)),
+        homes=tuple(
+            (
+                i.ref.value,
+                i.host.value if i.host else None,
+                i.resource_pool.value if i.resource_pool else None,
+                i.vm_path_name,
+            )
+            for i in infos
+        ),
     )
 
 

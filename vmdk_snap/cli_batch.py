@@ -119,14 +119,13 @@ def _one(ctx: Context, workers: _Workers, text: str) -> Outcome:
         volume = parse_volume(text)
         driver = workers.driver()
         if a.operation == "snapshot":
-            node = driver.create_snapshot(volume, a.name, force=a.force, quiesce=a.quiesce)
-            message = f"snapshot {views.snapshot_line(node)}"
+            result = driver.take_snapshot(volume, a.name, force=a.force, quiesce=a.quiesce)
+            message = views.snapshot_outcome(result)
         elif a.operation == "delete":
             gone = not driver.delete_snapshot(volume, a.name)
             message = "already gone" if gone else f"deleted {a.name}"
         elif a.operation == "consolidate":
-            driver.consolidate(volume)
-            message = "consolidated"
+            message = "consolidated" if driver.consolidate(volume) else "nothing to consolidate"
         else:
             message = views.advice(driver.describe(volume)) or "ok"
     except Exception as exc:  # one volume's failure never stops the others

@@ -51,6 +51,10 @@ def _snapshot(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name nightly
         vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name pre-upgrade --force --dry-run
         vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name db --force --quiesce --json
+
+        A snapshot NAME the volume already has is reported ("already exists",
+        JSON "created": false) and nothing changes, even without --force: a
+        repeated request is a retry and gets the first snapshot.
         """,
     )
     p.add_argument("volume", metavar="VOLUME")
@@ -70,13 +74,20 @@ def run_snapshot(ctx: Context) -> int:
             return views.show_plan(ctx.out, "snapshot", volume.id, plan)
         progress = ctx.out.progress()
         try:
-            node = driver.create_snapshot(
+            result = driver.take_snapshot(
                 volume, name, force=a.force, quiesce=a.quiesce, on_progress=progress
             )
         finally:
             progress.close()
-    ctx.out.text(f"volume-{volume.id}: snapshot {views.snapshot_line(node)}")
-    ctx.out.document("snapshot", {"volume": volume.id, "snapshot": views.snapshot_doc(node)})
+    ctx.out.text(f"volume-{volume.id}: {views.snapshot_outcome(result)}")
+    ctx.out.document(
+        "snapshot",
+        {
+            "volume": volume.id,
+            "created": result.created,
+            "snapshot": views.snapshot_doc(result.node),
+        },
+    )
     return EXIT_OK
 
 
@@ -227,10 +238,18 @@ def run_consolidate(ctx: Context) -> int:
             return views.show_plan(
                 ctx.out, "consolidate", volume.id, driver.plan_consolidate(volume)
             )
-        driver.consolidate(volume)  # (the driver reports no progress for it yet)
+        progress = ctx.out.progress()
+        try:
+            changed = driver.consolidate(volume, on_progress=progress)
+        finally:
+            progress.close()
         state = driver.describe(volume)
-    ctx.out.text(f"consolidated volume-{volume.id}\n" + views.list_text(state))
-    ctx.out.document("consolidate", views.volume_doc(state))
+    if changed:
+        head = f"consolidated volume-{volume.id}"
+    else:
+        head = f"volume-{volume.id}: nothing to consolidate (its chain is not duplicated)"
+    ctx.out.text(head + "\n" + views.list_text(state))
+    ctx.out.document("consolidate", {**views.volume_doc(state), "consolidated": changed})
     return EXIT_OK
 
 

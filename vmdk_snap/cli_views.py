@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vmdk_snap.cli_base import EXIT_OK, classify, one_line
+from vmdk_snap.driver import SnapshotResult
 from vmdk_snap.engine import Plan, RecoveryResult
 from vmdk_snap.output import Output, TreeNode, render_fields, render_table, render_tree
 from vmdk_snap.strategies import VolumeState
@@ -27,6 +28,7 @@ __all__ = [
     "show_plan",
     "snapshot_doc",
     "snapshot_line",
+    "snapshot_outcome",
     "volume_doc",
 ]
 
@@ -50,6 +52,13 @@ def snapshot_line(node: SnapshotNode) -> str:
     snapshot was made now or already existed (a name is never taken twice)."""
     when = f", created {node.created:%Y-%m-%d %H:%M:%S %Z}".rstrip() if node.created else ""
     return f"{node.name} ({node.ref.value}){when}"
+
+
+def snapshot_outcome(result: SnapshotResult) -> str:
+    """``snapshot s1 (snapshot-41), created ...`` or ``... already exists ...``."""
+    if result.created:
+        return f"snapshot {snapshot_line(result.node)}"
+    return f"snapshot {snapshot_line(result.node)} already exists: nothing was changed"
 
 
 def _snapshot_tree(nodes: Iterable[SnapshotNode], current: str | None) -> tuple[TreeNode, ...]:

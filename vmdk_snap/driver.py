@@ -34,6 +34,7 @@ from vmdk_snap.engine import Engine, Plan, RecoveryResult, plan_of
 from vmdk_snap.errors import Busy, InvalidInput, InvalidState, NotFound, VmdkSnapError
 from vmdk_snap.journal import Journal
 from vmdk_snap.locks import VolumeLock
+from vmdk_snap.stepctx import ref_of
 from vmdk_snap.strategies import (
     AttachedStrategy,
     DetachedStrategy,
@@ -46,12 +47,14 @@ from vmdk_snap.strategies import (
 )
 from vmdk_snap.types import SnapshotNode, datastore_of
 from vmdk_snap.volumeops import VolumeOps
+from vmdk_snap.volumeops.lookups import names_of
 from vmdk_snap.workflow import OpsContext, build_steps, validate_snapshot_name
 
 __all__ = [
     "Driver",
     "Plan",
     "RecoveryResult",
+    "SnapshotResult",
     "Volume",
     "VolumeState",
     "validate_snapshot_name",
@@ -63,6 +66,14 @@ AVAILABLE = "available"
 IN_USE = "in-use"
 
 Progress = Callable[[str, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """A volume's snapshot, and whether this call made it (False: it existed)."""
+
+    node: SnapshotNode
+    created: bool
 
 
 @dataclass(frozen=True)
@@ -187,10 +198,32 @@ class Driver:
         return self._plan(volume.id, self._attached(state).consolidate(state))
 
     def _plan(self, volume_id: str, spec: WorkflowSpec) -> Plan:
-        steps = build_steps(spec.kind, spec.params)
-        ctx = OpsContext(params=spec.params, ops=self.ops)
+        params = self._with_names(spec.params)
+        steps = build_steps(spec.kind, params)
+        ctx = OpsContext(params=params, ops=self.ops)
         plan = plan_of(spec.kind, volume_id, steps, ctx)
         return replace(plan, notes=plan.notes + spec.notes)
+
+    def _with_names(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with the names of the hosts and pools a relocation involves.
+
+        For plans (one more read): people read names, as ``check`` shows them.
+        A running workflow does without (the journal's morefs are exact).
+        """
+        relocate, origin = params.get("relocate"), params.get("origin")
+        if not relocate or not origin:
+            return params
+        refs = [ref_of(w[k]) for w in (relocate, origin) for k in ("host", "pool") if w.get(k)]
+        names = names_of(self.ops.session, refs)
+
+        def named(where: dict[str, Any]) -> dict[str, Any]:
+            out = dict(where)
+            for k in ("host", "pool"):
+                if where.get(k) and ref_of(where[k]) in names:
+                    out[f"{k}_name"] = names[ref_of(where[k])]
+            return out
+
+        return {**params, "relocate": named(relocate), "origin": named(origin)}
 
     # -- changes ---------------------------------------------------------------------
 
@@ -206,7 +239,27 @@ class Driver:
         """Snapshot the volume; the backing's snapshot is named ``name``.
 
         Idempotent: if the backing already has a snapshot ``name``, it is
-        returned and nothing changes.
+        returned and nothing changes (see :meth:`take_snapshot`).
+        """
+        return self.take_snapshot(
+            volume, name, force=force, quiesce=quiesce, on_progress=on_progress
+        ).node
+
+    def take_snapshot(
+        self,
+        volume: Volume,
+        name: str,
+        *,
+        force: bool = False,
+        quiesce: bool = False,
+        on_progress: Progress | None = None,
+    ) -> SnapshotResult:
+        """:meth:`create_snapshot`, also saying whether the snapshot was made now.
+
+        A snapshot ``name`` that already exists is returned with
+        ``created=False`` whatever the volume's status and ``force``: Cinder
+        calls ``create_snapshot`` again with the same snapshot only to retry
+        one, and the retry must get the first snapshot, not a refusal.
 
         Raises:
             InvalidInput: a bad name (nothing was changed).
@@ -220,7 +273,7 @@ class Driver:
             existing = state.backing.snapshot_named(name)
             if existing is not None:
                 log.info("volume %s already has snapshot %s: returning it", volume.id, name)
-                return existing
+                return SnapshotResult(existing, created=False)
             strategy = self._strategy_for_snapshot(state, force)
             spec = strategy.take(state, name, quiesce=quiesce)
             for note in spec.notes:
@@ -233,7 +286,7 @@ class Driver:
                 node = backing.snapshot_named(name)
             if node is None:  # pragma: no cover - the workflow checked it exists
                 raise NotFound(f"snapshot {name} vanished right after it was made")
-            return node
+            return SnapshotResult(node, created=True)
 
     def delete_snapshot(self, volume: Volume, name: str) -> bool:
         """Delete snapshot ``name``; False (a logged no-op) if it is already gone.
@@ -273,14 +326,19 @@ class Driver:
                 raise missing_snapshot(volume.id, name)
             self._run(volume.id, self.strategies[AVAILABLE].revert(state, node), None)
 
-    def consolidate(self, volume: Volume) -> None:
-        """Re-join the backing with the attached instance's newer copy, if it moved."""
+    def consolidate(self, volume: Volume, *, on_progress: Progress | None = None) -> bool:
+        """Re-join the backing with the attached instance's newer copy, if it moved.
+
+        Returns False (nothing changed) when the chain is not duplicated.
+        ``on_progress(step, percent)`` is fed by vCenter's task progress.
+        """
         with self._locked(volume):
             state = self._state(volume)
             if not state.duplicated:
                 log.info("volume %s: nothing to consolidate", volume.id)
-                return
-            self._run(volume.id, self._attached(state).consolidate(state), None)
+                return False
+            self._run(volume.id, self._attached(state).consolidate(state), on_progress)
+            return True
 
     def recover(self) -> list[RecoveryResult]:
         """Finish or roll back every interrupted workflow in the journal.

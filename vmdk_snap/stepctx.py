@@ -15,6 +15,7 @@ from vmdk_snap.engine import Context
 from vmdk_snap.errors import NotFound
 from vmdk_snap.types import Disk, DiskSpec, Moref, TaskRef, VmInfo
 from vmdk_snap.volumeops import VolumeOps
+from vmdk_snap.volumeops.lookups import tasks_in_flight
 
 __all__ = [
     "OpsContext",
@@ -66,16 +67,31 @@ class OpsContext(Context):
         return info
 
     def settle(self, task: str | None) -> None:
-        """Wait for a task a dead process started, so that checks see its outcome."""
-        if not task:
-            return
-        ref = TaskRef(Moref("Task", task), f"task {task} of an interrupted workflow")
+        """Before a check after a crash: let every task the dead process started end.
+
+        ``task`` is the journaled task id of the step, if the process lived
+        long enough to write it. It may not have: a process killed after
+        sending a call but before journaling the task's id leaves that task
+        unknown to the journal, still running. So this also waits for every
+        task still queued or running on the workflow's VMs (one read), so
+        that the step's check, which reads vCenter, sees the final state.
+        """
+        self.settled = None
+        if task:
+            ref = TaskRef(Moref("Task", task), f"task {task} of an interrupted workflow")
+            self.settled = self._wait_quietly(ref)
+        vms = [self.vm(k) for k in ("backing", "instance") if self.params.get(k)]
+        for running in tasks_in_flight(self.ops.session, vms):
+            log.info("waiting for %s before checking step %s", running, self.step_name)
+            self._wait_quietly(running)
+
+    def _wait_quietly(self, task: TaskRef) -> bool:
         try:
-            self.ops.wait(ref, self.settle_timeout)
-            self.settled = True
+            self.ops.wait(task, self.settle_timeout)
         except Exception as exc:  # noqa: BLE001  # its outcome is what the check reads next
-            log.info("interrupted task %s ended with: %s", task, exc)
-            self.settled = False
+            log.info("interrupted %s ended with: %s", task, exc)
+            return False
+        return True
 
 
 def ref_json(ref: Moref | None) -> list[str] | None:

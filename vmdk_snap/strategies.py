@@ -143,7 +143,7 @@ class AttachedStrategy:
         params = self._params(state, name)
         params.update(
             quiesce=quiesce,
-            temp_name=temp_snapshot_name(name),
+            temp_name=temp_snapshot_name(state.volume_id, name),
             description=f"Cinder snapshot {name} of volume {state.volume_id} (attached)",
         )
         return WorkflowSpec("snapshot_attached", params)

@@ -1,0 +1,196 @@
+"""Consolidation steps: re-join a volume whose instance was moved, copying nothing.
+
+After a storage vMotion of the instance the backing still holds the old copy
+of the volume's chain while the instance writes to its newer copy. These
+steps (see :mod:`vmdk_snap.workflow` for the whole design) give the backing
+the instance's file:
+
+1. ``relocate_backing`` (only when host, pool or datastore differ): the
+   backing's home moves, a disk locator keeping its old disk where it is;
+2. ``swap_backing_disk``: one ReconfigVM detaches the old disk (files kept,
+   so the step can be undone) and attaches the instance's current VMDK;
+3. ``delete_stale_copy``, last of the whole workflow: the old copy's files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vmdk_snap.engine import Changes, Step
+from vmdk_snap.errors import InvalidInput, NotFound
+from vmdk_snap.stepctx import OpsContext, disk_of, only_disk, ref_of, set_backing_disk, spec_for
+from vmdk_snap.types import DiskLocator, datastore_of
+
+__all__ = [
+    "ALLOW_SHARING",
+    "CHILD_MOST",
+    "consolidation_steps",
+    "delete_stale_copy",
+    "relocate_backing",
+    "swap_backing_disk",
+]
+
+log = logging.getLogger(__name__)
+
+ALLOW_SHARING = "moveAllDiskBackingsAndAllowSharing"
+CHILD_MOST = "moveChildMostDiskBacking"
+
+
+def _named(where: dict[str, Any], key: str) -> str:
+    """The name recorded for ``where[key]`` (plans look names up), else its moref."""
+    name = where.get(f"{key}_name")
+    return str(name) if name else str(where[key][1])
+
+
+def swap_backing_disk() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        p = ctx.params
+        return (
+            f"backing {p['backing_name']}: detach {p['disk']['path']} (files kept) and attach "
+            f"the instance's current {p['instance_top']}"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        old = disk_of(ctx.params["disk"])
+        ctx.run(
+            ctx.ops.start_reconfigure_disks(
+                ctx.vm("backing"),
+                remove=[(old, False)],
+                add=[spec_for(old, ctx.params["instance_top"])],
+            )
+        )
+        return {"old": old.path, "new": ctx.params["instance_top"]}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        set_backing_disk(ctx, changes["old"])
+
+    def check(ctx: OpsContext) -> Changes | None:
+        disk = only_disk(ctx.read("backing"))
+        if disk.path == ctx.params["instance_top"]:
+            return {"old": ctx.params["disk"]["path"], "new": disk.path}
+        return None
+
+    return Step(
+        "swap_backing_disk",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text="re-attach the old disk in place of the instance's file (files were kept)",
+    )
+
+
+def relocate_backing() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        r, o = ctx.params["relocate"], ctx.params["origin"]
+        return (
+            f"relocate backing {ctx.params['backing_name']} from host {_named(o, 'host')}, "
+            f"pool {_named(o, 'pool')}, datastore {o['datastore_name']} to host "
+            f"{_named(r, 'host')}, pool {_named(r, 'pool')}, datastore {r['datastore_name']} "
+            f"({r['move_type']}); its disk stays on {r['keep_disk']['datastore_name']}: "
+            "no data is copied"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        r = ctx.params["relocate"]
+        k = r["keep_disk"]
+        try:
+            ctx.run(
+                ctx.ops.start_relocate(
+                    ctx.vm("backing"),
+                    host=ref_of(r["host"]),
+                    pool=ref_of(r["pool"]),
+                    datastore=ref_of(r["datastore"]),
+                    disk_move_type=r["move_type"],
+                    disks=[DiskLocator(int(k["key"]), ref_of(k["datastore"]))],
+                )
+            )
+        except InvalidInput as exc:
+            raise InvalidInput(
+                f"cannot move backing {ctx.params['backing_name']} to host {_named(r, 'host')} "
+                f"while its old disk is on {k['datastore_name']}: {exc.message}",
+                hint="the instance's host must see both datastores; mount "
+                f"{k['datastore_name']} there or move the instance back",
+                fault=exc.fault,
+                task=exc.task,
+            ) from exc
+        return {"from": ctx.params["origin"]}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        origin = changes["from"]
+        backing = ctx.read("backing")
+        disk = only_disk(backing)
+        # Home back where it was; the disk stays on its datastore (no copy).
+        here = ctx.ops.datastore_named(datastore_of(disk.path))
+        ctx.run(
+            ctx.ops.start_relocate(
+                backing.ref,
+                host=ref_of(origin["host"]),
+                pool=ref_of(origin["pool"]),
+                datastore=ctx.ops.datastore_named(origin["datastore_name"]),
+                disk_move_type=CHILD_MOST,
+                disks=[DiskLocator(disk.key, here, CHILD_MOST)],
+            )
+        )
+
+    def check(ctx: OpsContext) -> Changes | None:
+        r = ctx.params["relocate"]
+        backing = ctx.read("backing")
+        moved = backing.host == ref_of(r["host"]) and (
+            datastore_of(backing.vm_path_name) == r["datastore_name"]
+        )
+        return {"from": ctx.params["origin"]} if moved else None
+
+    return Step(
+        "relocate_backing",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text="relocate the backing back to its host, pool and datastore (disk stays)",
+    )
+
+
+def delete_stale_copy() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        return "delete the old copy, which no VM uses any more: " + ", ".join(ctx.params["stale"])
+
+    def do(ctx: OpsContext) -> Changes:
+        deleted = []
+        for path in ctx.params["stale"]:
+            try:
+                ctx.run(ctx.ops.start_delete_disk_file(path))
+            except NotFound as exc:
+                # Expected when recovery runs the step again; otherwise worth a look.
+                log.warning("could not delete stale copy %s (already gone?): %s", path, exc)
+            deleted.append(path)
+        return {"deleted": deleted}
+
+    def check(ctx: OpsContext) -> Changes | None:
+        # Whether the files are gone is not in any VM's state; deleting again
+        # is harmless (a file already gone is only logged), so recover simply
+        # runs the step again, after waiting for a delete still in flight.
+        return None
+
+    return Step(
+        "delete_stale_copy",
+        describe,
+        do,
+        None,
+        check,
+        undo_text=(
+            "none, by design: deleted files cannot come back. It runs only after the point "
+            "of no return, when neither a VM nor any undo needs the old copy; if it fails, "
+            "`vmdk-snap recover` deletes the files"
+        ),
+    )
+
+
+def consolidation_steps(params: dict[str, Any]) -> list[Step[OpsContext]]:
+    """Relocate (if needed) and swap, when the backing lags behind the instance."""
+    if not params.get("swap"):
+        return []
+    if params.get("relocate") is None:
+        return [swap_backing_disk()]
+    return [relocate_backing(), swap_backing_disk()]
