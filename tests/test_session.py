@@ -360,13 +360,14 @@ def test_a_session_expiring_during_a_task_wait_is_logged_in_again_once(
     vc.ctl.inject_fault("WaitForUpdatesEx", kind="expire_sessions")
     session.reset_calls()
     snap = ops.create_snapshot(backing, "across-the-expiry")
-    # The view and filter died with the old session: the wait is not repeated
-    # on the new session's empty collector; they are made again instead.
+    # The collector and view died with the old session: the wait is not
+    # repeated on a collector that is gone; they are made again instead.
     assert session.calls == {
         "CreateSnapshot_Task": 1,
         "ModifyListView": 1,
         "WaitForUpdatesEx": 2,
         "Login": 1,
+        "CreatePropertyCollector": 1,
         "CreateListView": 1,
         "CreateFilter": 1,
     }

@@ -31,21 +31,22 @@ def clean_sim(vc: Target) -> Iterator[Target]:
 
 
 @pytest.mark.cassette
-def test_a_task_op_costs_four_round_trips_cold_and_three_warm(
+def test_a_task_op_costs_five_round_trips_cold_and_three_warm(
     clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:
     vc = clean_sim
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     backing = vm(vol["moref"])
-    # The first wait of a session creates the view (with the task in it) and
-    # the filter, on the session's own property collector. Its first
-    # WaitForUpdatesEx (version "") answers at once with the current state,
-    # so the task must have ended by then to cost only one wait.
+    # The first wait of a session creates its collector, the view (with the
+    # task in it) and the filter. Its first WaitForUpdatesEx (version "")
+    # answers at once with the current state, so the task must have ended by
+    # then to cost only one wait.
     vc.ctl.set_default_task_time(0)
     session.reset_calls()
     first = ops.create_snapshot(backing, "cold")
     assert session.calls == {
         "CreateSnapshot_Task": 1,
+        "CreatePropertyCollector": 1,
         "CreateListView": 1,
         "CreateFilter": 1,
         "WaitForUpdatesEx": 1,
@@ -76,6 +77,7 @@ def test_budget_counted_by_the_simulator(vc: Target, session: Session, ops: Volu
     ops.create_snapshot(backing, "cold")
     assert vc.ctl.calls() == {
         "CreateSnapshot_Task": 1,
+        "CreatePropertyCollector": 1,
         "CreateListView": 1,
         "CreateFilter": 1,
         "WaitForUpdatesEx": 2,
@@ -238,7 +240,7 @@ def test_a_timeout_names_the_task_still_running(
 
 
 @pytest.mark.live
-def test_a_failed_wait_destroys_the_filter_and_the_next_wait_builds_a_new_one(
+def test_a_failed_wait_destroys_the_collector_and_the_next_wait_builds_a_new_one(
     clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:
     vc = clean_sim
@@ -250,10 +252,11 @@ def test_a_failed_wait_destroys_the_filter_and_the_next_wait_builds_a_new_one(
     with pytest.raises(VsphereFault) as err:
         ops.create_snapshot(backing, "second")
     assert fault_name(err.value.fault) == "InvalidCollectorVersion"
-    assert session.calls["DestroyPropertyFilter"] == 1
+    assert session.calls["DestroyPropertyCollector"] == 1
     assert session.calls["DestroyView"] == 1
     session.reset_calls()
     ops.create_snapshot(backing, "third")
+    assert session.calls["CreatePropertyCollector"] == 1
     assert session.calls["CreateListView"] == 1
     assert session.calls["CreateFilter"] == 1
     # The task itself went on in vCenter: only our wait for it failed.
@@ -304,8 +307,34 @@ def test_closing_the_session_destroys_the_filters(vc: Target) -> None:
         assert session.calls["CreateFilter"] == 2
         assert session.calls["DestroyPropertyFilter"] == 1
     calls = vc.ctl.calls()
-    assert "CreatePropertyCollector" not in calls  # the session's own collector serves
-    assert calls["DestroyPropertyFilter"] == 2  # the progress filter, then the task filter
+    assert calls["CreatePropertyCollector"] == 1
+    assert calls["DestroyPropertyCollector"] == 1
     assert calls["CreateListView"] == 1
     assert calls["DestroyView"] == 1
     assert calls["Logout"] == 1
+
+
+@pytest.mark.live
+def test_two_sessions_wait_at_the_same_time(clean_sim: Target) -> None:
+    """Each session's watcher has a collector of its own (see vmdk_snap.tasks)."""
+    vc = clean_sim
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    backings = [vm(v["moref"]) for v in seeded["volumes"]]
+    vc.ctl.set_task_time("CreateSnapshot_Task", 1500)
+    made: dict[Moref, object] = {}
+
+    def snapshot(backing: Moref) -> None:
+        try:
+            with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
+                made[backing] = VolumeOps(session).create_snapshot(backing, "both", timeout=20)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            made[backing] = exc
+
+    threads = [threading.Thread(target=snapshot, args=(b,)) for b in backings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
+        ops = VolumeOps(session)
+        assert made == {b: ops.get_vm(b).current_snapshot for b in backings}

@@ -1,19 +1,27 @@
 """Waiting for vSphere tasks on property-collector filters, never by polling.
 
-A session keeps one :class:`TaskWatcher`: one long-lived filter over a
-``ListView`` of tasks, watching ``info.state``, ``info.error`` and
-``info.result``, on the session's own ``ServiceContent.propertyCollector``.
-vCenter gives every session its own instance of that collector (so do vcsim
-and govmomi's ``property.DefaultCollector``), so no private collector is
-created: the session's filters are ours alone, and a logout or an expired
-session ends them with the session.
+A session keeps one :class:`TaskWatcher`: its own property collector with one
+long-lived filter over a ``ListView`` of tasks, watching ``info.state``,
+``info.error`` and ``info.result``.
+
+Why a collector of our own (``CreatePropertyCollector``, one round trip per
+session) and not the session's ``ServiceContent.propertyCollector``: vCenter
+gives each session its own instance of that one, which would do; but vcsim
+0.24.2, our test bed, registers the update listener of every session's
+instance under the same moref, so a second session waiting at the same time
+(``vmdk-snap batch`` runs one session per worker) takes the first one's
+updates and the first waits forever. A created collector has a moref of its
+own in both.
 
 Round trips, as counted in ``tests/test_tasks.py``:
 
 - The first task a session waits for (cold): the call that starts it,
-  ``CreateListView`` with that task already in it, ``CreateFilter``, and one
-  ``WaitForUpdatesEx``: **4**. The watcher is made lazily, on that first wait,
-  and not at login: read-only sessions (``check``, ``list``) never pay for it.
+  ``CreatePropertyCollector``, ``CreateListView`` with that task already in it,
+  ``CreateFilter``, and ``WaitForUpdatesEx``: **5**, when the task has ended by
+  the time of that first wait, which (version "") answers at once with the
+  current state; one wait more if it is still running then. The watcher is
+  made lazily, on that first wait, and not at login: read-only sessions
+  (``check``, ``list``) never pay for it.
 - Every later task (warm): the call that starts it, ``ModifyListView`` (which
   adds it and drops the tasks already seen to finish, in the same call) and
   one ``WaitForUpdatesEx``: **3**.
@@ -23,9 +31,10 @@ Round trips, as counted in ``tests/test_tasks.py``:
   default) the task runs adds one wait. A timeout shorter than that waits at
   most ``ceil(timeout)`` seconds per call instead. Both are fixed numbers, so
   requests are the same on every run (cassettes replay them).
-- Closing the session destroys the filter and the view (``DestroyPropertyFilter``,
-  ``DestroyView``) before the logout; a wait that fails destroys them too, so
-  that no filter whose version went out of step is reused.
+- Closing the session destroys the collector (with its filters) and the view
+  (``DestroyPropertyCollector``, ``DestroyView``) before the logout; a wait
+  that fails destroys them too, so that no collector whose version went out of
+  step is reused.
 
 A wait that reports progress adds a filter on ``info.progress`` of its tasks
 to the same collector and destroys it in ``finally``. Its changes wake
@@ -38,7 +47,7 @@ that wait (the task entering the view is an update), so no thread waits on
 another's ``maxWaitSeconds``.
 
 If the session expired and the session logged in again while a watcher call
-was under way, the view and filter died with the old session: the watcher
+was under way, the collector and view died with the old session: the watcher
 forgets them and builds new ones in the new session (the session raises
 :class:`~vmdk_snap.session.SessionRenewed` for such session-bound calls
 instead of repeating them).
@@ -109,9 +118,9 @@ class TaskWatcher:
         self._wait_seconds = wait_seconds
         self._cond = threading.Condition()
         self._view: Any = None
-        self._filter: Any = None
+        self._collector: Any = None
         self._session_generation = -1  # of the session the view and filter live in
-        self._epoch = 0  # bumped whenever the view and filter are forgotten
+        self._epoch = 0  # bumped whenever the collector and view are forgotten
         self._version = ""
         self._waiting = False  # a thread is in WaitForUpdatesEx
         self._watched: set[str] = set()  # task moref values in the view
@@ -135,16 +144,18 @@ class TaskWatcher:
         max_wait = max_wait_for(timeout, self._wait_seconds)
         reported: dict[str, int | None] = {}
         progress_filter: Any = None
-        progress_generation = -1
+        progress_epoch = -1  # the collector it lives on
         try:
             with self._cond:
                 while True:
                     self._watch(tasks)
-                    if on_progress is not None and (
-                        progress_filter is None or progress_generation != self._session.generation
-                    ):
-                        progress_filter = self._progress_filter(tasks)
-                        progress_generation = self._session.generation
+                    if on_progress is not None and progress_epoch != self._epoch:
+                        try:
+                            progress_filter = self._progress_filter(tasks)
+                        except SessionRenewed:
+                            self._teardown(destroy=False)
+                            continue
+                        progress_epoch = self._epoch
                     outcome = self._settled(tasks, deadline, timeout)
                     if outcome is not None:
                         return outcome
@@ -156,11 +167,13 @@ class TaskWatcher:
                     if on_progress is not None:
                         self._report(tasks, reported, on_progress)
         finally:
-            if progress_filter is not None and progress_generation == self._session.generation:
-                self._destroy(progress_filter, "DestroyPropertyFilter")
+            with self._cond:
+                if progress_filter is not None and progress_epoch == self._epoch:
+                    # Otherwise it went with its collector.
+                    self._destroy(progress_filter, "DestroyPropertyFilter")
 
     def close(self) -> None:
-        """Destroy the filter and the view."""
+        """Destroy the collector (and its filters) and the view."""
         with self._cond:
             self._teardown(destroy=True)
 
@@ -171,7 +184,7 @@ class TaskWatcher:
         self._waiting = True
         epoch, version = self._epoch, self._version
         options = PC.WaitOptions(maxWaitSeconds=max_wait)
-        collector = self._session.content.propertyCollector
+        collector = self._collector
         update: Any = None
         failed: BaseException | None = None
         self._cond.release()
@@ -261,7 +274,7 @@ class TaskWatcher:
             propSet=[PC.PropertySpec(type=vim.Task, pathSet=[PROGRESS_PATH], all=False)],
         )
         return session.invoke(
-            session.content.propertyCollector, "CreateFilter", spec, partialUpdates=False
+            self._collector, "CreateFilter", spec, partialUpdates=False, session_bound=True
         )
 
     def _watch(self, tasks: Sequence[TaskRef]) -> None:
@@ -300,6 +313,7 @@ class TaskWatcher:
         content = session.content
         generation = session.generation
         try:
+            self._collector = session.invoke(content.propertyCollector, "CreatePropertyCollector")
             self._view = session.invoke(content.viewManager, "CreateListView", obj=objs)
             spec = PC.FilterSpec(
                 objectSet=[
@@ -315,8 +329,8 @@ class TaskWatcher:
                 ],
                 propSet=[PC.PropertySpec(type=vim.Task, pathSet=list(TASK_PATHS), all=False)],
             )
-            self._filter = session.invoke(
-                content.propertyCollector,
+            session.invoke(
+                self._collector,
                 "CreateFilter",
                 spec,
                 partialUpdates=False,
@@ -351,16 +365,16 @@ class TaskWatcher:
             state.progress = int(val) if val is not None else None
 
     def _teardown(self, *, destroy: bool) -> None:
-        """Forget the view and filter; destroy them too unless they died with a session."""
-        view, filter_ = self._view, self._filter
-        self._view = self._filter = None
+        """Forget the collector and view; destroy them too unless they died with a session."""
+        collector, view = self._collector, self._view
+        self._collector = self._view = None
         self._epoch += 1
         self._version = ""
         self._watched.clear()
         self._finished.clear()
         self._states.clear()
         if destroy:
-            self._destroy(filter_, "DestroyPropertyFilter")
+            self._destroy(collector, "DestroyPropertyCollector")
             self._destroy(view, "DestroyView")
 
     def _destroy(self, obj: Any, method: str) -> None:
