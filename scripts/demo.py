@@ -3,9 +3,11 @@
 Starts the simulator, seeds the blueprint's Work Flow 2 (an instance with a
 root disk and two attached volumes, storage-vMotioned to another datastore
 after data was written, so each volume's chain is duplicated), then runs
-``vmdk-snap`` on one volume: check, list, snapshot --dry-run, snapshot without
-and with --force, list, check --all. Every command's exit code is checked; the
-demo exits 0 only if each did what it should.
+``vmdk-snap`` on one volume: check, list (the chains before), snapshot
+--dry-run, snapshot without and with --force, the same snapshot again (a
+retry: "already exists"), list (the chain after), check --all. Every
+command's exit code is checked; the demo exits 0 only if each did what it
+should.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def main() -> int:
         run(["snapshot", volume, "--name", "snap-1", "--dry-run", "--force"], env)
         run(["snapshot", volume, "--name", "snap-1"], env, expect=WRONG_STATE)
         run(["snapshot", volume, "--name", "snap-1", "--force"], env)
+        run(["snapshot", volume, "--name", "snap-1"], env)  # a retry: the same snapshot
         run(["list", volume], env)
         run(["check", "--all"], env)
 

@@ -264,8 +264,8 @@ def test_repeated_snapshot_says_already_exists_and_changes_nothing(cli: Cli) -> 
     assert tasks_started(ctl.calls()) == {}
     assert again.code == 0, again.err
     moref = first.json()["snapshot"]["moref"]
-    assert again.out.startswith(f"volume-{vol['id']}: snapshot r1 ({moref}), created ")
-    assert again.out.endswith(" already exists: nothing was changed\n")
+    assert again.out.startswith(f"volume-{vol['id']}: snapshot r1 ({moref}) already exists (")
+    assert again.out.endswith("): nothing was changed\n")
     assert again_doc["created"] is False
     assert again_doc["snapshot"]["moref"] == moref
     assert [s["name"] for s in cli("list", vol["id"], "--json").json()["snapshots"]] == ["r1"]

@@ -55,10 +55,14 @@ def snapshot_line(node: SnapshotNode) -> str:
 
 
 def snapshot_outcome(result: SnapshotResult) -> str:
-    """``snapshot s1 (snapshot-41), created ...`` or ``... already exists ...``."""
+    """``snapshot s1 (snapshot-41), created ...``, or ``... already exists ...`` for a retry."""
+    node = result.node
     if result.created:
-        return f"snapshot {snapshot_line(result.node)}"
-    return f"snapshot {snapshot_line(result.node)} already exists: nothing was changed"
+        return f"snapshot {snapshot_line(node)}"
+    when = (
+        f" (created {node.created:%Y-%m-%d %H:%M:%S %Z})".replace(" )", ")") if node.created else ""
+    )
+    return f"snapshot {node.name} ({node.ref.value}) already exists{when}: nothing was changed"
 
 
 def _snapshot_tree(nodes: Iterable[SnapshotNode], current: str | None) -> tuple[TreeNode, ...]:
