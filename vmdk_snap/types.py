@@ -198,8 +198,9 @@ class VolumeInventory:
     """Which Cinder volumes vCenter holds, by volume id (sorted).
 
     ``volumes``: every backing (VM named ``volume-<id>``); ``attached``: those
-    some instance records with Nova's ``volume-<id>`` key. ``instance_of`` maps an attached volume id to the moref value of the VM
-    (instance) recording it, so that work on one instance can be serialized.
+    some instance records with Nova's ``volume-<id>`` key. ``instance_of``
+    maps an attached volume id to the moref value of the VM (instance)
+    recording it, so that work on one instance can be serialized.
     """
 
     volumes: tuple[str, ...]
