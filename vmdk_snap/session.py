@@ -160,6 +160,9 @@ class Session:
             are the same on every run; a task timeout shorter than it uses
             ``ceil(timeout)`` instead).
         http_timeout: socket timeout of each request, in seconds.
+        prepare_tasks: set up the task watcher at login (4 round trips), so
+            that every task operation costs the same; ``False`` defers that
+            to the first task wait (for sessions that only read).
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class Session:
         retry: RetryPolicy | None = None,
         wait_seconds: int = DEFAULT_WAIT_SECONDS,
         http_timeout: float = 900.0,
+        prepare_tasks: bool = True,
     ) -> None:
         self.host, self.port, self.path = _parse_url(url_or_host, port)
         self.url = f"https://{self.host}:{self.port}{self.path}"
@@ -195,6 +199,7 @@ class Session:
         self._clock_offset = timedelta(0)
         self._watcher: Any = None
         self._watcher_lock = threading.Lock()
+        self._prepare_tasks = prepare_tasks
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -258,6 +263,12 @@ class Session:
             self._stub = self._content = None
             raise
         log.info("logged in to %s as %s", self.url, self.username)
+        if self._prepare_tasks:
+            try:
+                self.watcher.prepare()
+            except BaseException:
+                self.close()
+                raise
 
     def _login(self) -> None:
         before = datetime.now(UTC)

@@ -15,20 +15,18 @@ own in both.
 
 Round trips, as counted in ``tests/test_tasks.py``:
 
-- The first task a session waits for (cold): the call that starts it,
-  ``CreatePropertyCollector``, ``CreateListView`` with that task already in it,
-  ``CreateFilter``, and ``WaitForUpdatesEx``: **5**, when the task has ended by
-  the time of that first wait, which (version "") answers at once with the
-  current state; one wait more if it is still running then. The watcher is
-  made lazily, on that first wait, and not at login: read-only sessions
-  (``check``, ``list``) never pay for it.
-- Every later task (warm): the call that starts it, ``ModifyListView`` (which
+- Setting the watcher up: ``CreatePropertyCollector``, ``CreateListView``
+  (empty), ``CreateFilter`` and the first ``WaitForUpdatesEx`` (version "",
+  which answers at once with the empty state): **4**, once per session. A
+  session prepares it at login (:meth:`TaskWatcher.prepare`; ``Session(prepare_tasks=False)``
+  defers it to the first wait, for sessions that only read), so the budgets
+  the workflows are held to ("round trips after login") are those below.
+- Every task: the call that starts it, ``ModifyListView`` (which
   adds it and drops the tasks already seen to finish, in the same call) and
   one ``WaitForUpdatesEx``: **3**, when the task has ended by the time that
   wait reports it entering the view. vcsim reports on a 250 ms tick, so its
   quick tasks do; vCenter reports at once, so there only tasks that end
-  before the ``ModifyListView`` do. So a forced snapshot (four tasks) costs 2
-  round trips more on a session's first use than on a warm session.
+  before the ``ModifyListView`` do.
 - A task still running when it enters the view costs one more wait: entering
   the view is itself an update, and the property collector has no way to wait
   "until state is success or error". Each further ``maxWaitSeconds`` (30 s by
@@ -175,6 +173,27 @@ class TaskWatcher:
                 if progress_filter is not None and progress_epoch == self._epoch:
                     # Otherwise it went with its collector.
                     self._destroy(progress_filter, "DestroyPropertyFilter")
+
+    def prepare(self) -> None:
+        """Make the collector, an empty view and its filter now (4 round trips).
+
+        :class:`~vmdk_snap.session.Session` does this at login, so that every
+        task operation afterwards costs the same three round trips, the first
+        one included.
+        """
+        with self._cond:
+            if self._view is None or self._session_generation != self._session.generation:
+                self._teardown(destroy=False)
+                self._setup([])
+                # The first WaitForUpdatesEx (version "") answers at once with
+                # the whole (empty) state; taking it now means no task wait
+                # ever gets that answer instead of its task's end.
+                options = PC.WaitOptions(maxWaitSeconds=1)
+                update = self._session.invoke(
+                    self._collector, "WaitForUpdatesEx", "", options, session_bound=True
+                )
+                if update is not None:
+                    self._apply_update(update)
 
     def close(self) -> None:
         """Destroy the collector (and its filters) and the view."""
