@@ -245,6 +245,24 @@ def test_a_dropped_task_call_that_ran_is_not_repeated(
 
 
 @pytest.mark.live
+def test_a_lost_task_call_is_never_matched_to_our_own_earlier_task(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    """Our previous call's task looks just like the lost one (same VM, kind, name)."""
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.set_default_task_time(0)
+    first = ops.create_snapshot(vm(vol["moref"]), "same-name")
+    vc.ctl.inject_fault("CreateSnapshot_Task", kind="drop")
+    vc.ctl.reset_calls()
+    second = ops.create_snapshot(vm(vol["moref"]), "same-name")
+    assert vc.ctl.calls()["CreateSnapshot_Task"] == 2
+    tree = ops.get_vm(vm(vol["moref"]))
+    assert [n.ref for n in tree.all_snapshots()] == [first, second]
+    assert first != second
+
+
+@pytest.mark.live
 def test_without_a_check_a_lost_task_call_is_not_repeated(
     clean_sim: Target, session: Session
 ) -> None:

@@ -200,6 +200,7 @@ class Session:
         self._watcher: Any = None
         self._watcher_lock = threading.Lock()
         self._prepare_tasks = prepare_tasks
+        self._own_tasks: set[str] = set()  # tasks our calls got back (see started_by_us)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -392,10 +393,13 @@ class Session:
                     log.info("%s had started before the connection dropped; not repeating", method)
                     return task
             try:
-                return self._call_relogin(obj, method, args, kwargs, session_bound)
+                result = self._call_relogin(obj, method, args, kwargs, session_bound)
             except _Ambiguous as exc:
                 state["ambiguous"] = True
                 raise _Retryable(exc.__cause__ or exc, ambiguous=True) from exc
+            if method.endswith("_Task") and result is not None:
+                self._remember_task(result)
+            return result
 
         def before_sleep(rs: tenacity.RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
@@ -432,6 +436,20 @@ class Session:
             ) from cause
 
     # -- internals -----------------------------------------------------------
+
+    def _remember_task(self, task: Any) -> None:
+        value = getattr(task, "_moId", None)
+        if value:
+            with self._calls_lock:
+                self._own_tasks.add(str(value))
+
+    def started_by_us(self, task_value: str) -> bool:
+        """Whether a task-starting call of this session got this task back.
+
+        A lost answer is never matched to such a task: it is another call's.
+        """
+        with self._calls_lock:
+            return task_value in self._own_tasks
 
     def _count(self, method: str) -> None:
         with self._calls_lock:

@@ -24,7 +24,8 @@ for ours: we then wait for that task and do not send ours again, so the
 caller sees its outcome instead of ours. Tasks that vCenter already dropped
 from ``recentTask`` (it keeps them for minutes) are not seen, so the call
 would be repeated; the window between sending a call and checking it is
-seconds.
+seconds. A task that one of this session's own calls got back is never a
+candidate: it belongs to that call (a workflow's previous step, say).
 """
 
 from __future__ import annotations
@@ -153,7 +154,13 @@ def started_check(
         found = retrieve(session, starts, paths)
         vms = {f.ref: f.props for f in found if f.ref.type == "VirtualMachine"}
         candidates = sorted(
-            (f for f in found if f.ref.type == "Task" and _ours(f, targets, kind, sent_at)),
+            (
+                f
+                for f in found
+                if f.ref.type == "Task"
+                and not session.started_by_us(f.ref.value)
+                and _ours(f, targets, kind, sent_at)
+            ),
             key=lambda f: f.props["info.queueTime"],
         )
         for f in candidates:
