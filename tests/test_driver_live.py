@@ -441,3 +441,42 @@ def test_independent_disk_cannot_be_snapshotted_attached(
     with pytest.raises(InvalidState, match="independent_persistent disk, which vSphere leaves"):
         driver.create_snapshot(Volume(vol["id"]), "snapshot-1", force=True)
     assert world(vc, ops, inst["moref"], vol["moref"]) == before
+
+
+@pytest.mark.live
+def test_deep_instance_chain_is_refused_before_any_change(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    vc.ctl.set_default_task_time(0)
+    try:
+        # 31 snapshot + remove(consolidate=False): each keeps a delta on every disk.
+        for i in range(31):
+            snap = ops.create_snapshot(vm(inst["moref"]), f"grow-{i}")
+            ops.remove_snapshot(snap, False, False)
+    finally:
+        vc.ctl.reset_timing()
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    vc.ctl.reset_calls()
+    with pytest.raises(InvalidState, match="31 deltas deep") as err:
+        driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "snap-1", force=True)
+    assert "detach the volume" in str(err.value.hint)
+    assert [m for m in vc.ctl.calls() if m.endswith("_Task")] == []
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
+
+
+@pytest.mark.live
+def test_instance_with_a_user_snapshot_keeps_its_tree(vc: Target, ops: Any, tmp_path: Path) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    user = ops.create_snapshot(vm(inst["moref"]), "user-before-upgrade")
+    before = ops.get_vm(vm(inst["moref"]))
+    assert before.current_snapshot == user
+    driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "snapshot-1", force=True)
+    after = ops.get_vm(vm(inst["moref"]))
+    assert after.snapshots == before.snapshots  # names, refs, children
+    assert after.current_snapshot == before.current_snapshot == user
+    assert_files_consistent(vc, seeded)

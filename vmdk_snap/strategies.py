@@ -140,6 +140,7 @@ class AttachedStrategy:
                 "snapshots: its data cannot be frozen while attached",
                 hint="detach the volume and snapshot it as an available volume",
             )
+        _refuse_deep_chains(state)
         params = self._params(state, name)
         params.update(
             quiesce=quiesce,
@@ -216,6 +217,29 @@ class AttachedStrategy:
                 },
             }
         return params
+
+
+# vSphere refuses a snapshot that would put a 33rd delta on a disk
+# (TooManySnapshotLevels). A forced snapshot adds one delta to every
+# non-independent disk of the instance (kept, see vmdk_snap.workflow) and one
+# to the backing's: refuse before changing anything when that would fail.
+MAX_DELTAS = 32
+
+
+def _refuse_deep_chains(state: VolumeState) -> None:
+    disks = [d for d in (state.instance.disks if state.instance else ()) if not d.independent]
+    deep = [(d.path, d.depth) for d in (*disks, state.backing_disk) if d.depth >= MAX_DELTAS - 1]
+    if not deep:
+        return
+    path, depth = max(deep, key=lambda pd: pd[1])
+    raise InvalidState(
+        f"instance {_who(state)}'s disk chain is {depth} deltas deep ({path}); a forced "
+        f"snapshot adds one more, and vSphere allows at most {MAX_DELTAS}",
+        hint=(
+            "detach the volume and snapshot it as an available volume, or consolidate the "
+            "instance's disks while its volumes are detached, then retry"
+        ),
+    )
 
 
 def _who(state: VolumeState) -> str:
