@@ -480,3 +480,24 @@ def test_instance_with_a_user_snapshot_keeps_its_tree(vc: Target, ops: Any, tmp_
     assert after.snapshots == before.snapshots  # names, refs, children
     assert after.current_snapshot == before.current_snapshot == user
     assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_other_shared_volume_follows_the_instance_delta(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    inst = seeded["instances"][0]
+    vol_a, vol_b = seeded["volumes"]
+    assert driver.describe(Volume(vol_b["id"], "in-use", inst["uuid"])).duplicated is False
+    driver.create_snapshot(Volume(vol_a["id"], "in-use", inst["uuid"]), "snapshot-a", force=True)
+    key_b = volume_disk_key(ops, vol_b, inst["moref"])
+    vc.ctl.write(inst["moref"], key_b, "after-a-snapshot")
+    state_b = driver.describe(Volume(vol_b["id"], "in-use", inst["uuid"]))
+    assert state_b.duplicated is False
+    (backing_b,) = ops.get_vms([vm(vol_b["moref"])])
+    tokens = vc.ctl.read_disk(vol_b["moref"], backing_b.disks[0].key)["tokens"]
+    assert "after-a-snapshot" in tokens
+    assert snapshot_trees(ops, vol_b["moref"]) == [()]
+    assert_files_consistent(vc, seeded)

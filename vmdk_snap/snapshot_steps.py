@@ -10,6 +10,8 @@ why some steps have none, is in :mod:`vmdk_snap.workflow`.
 
 from __future__ import annotations
 
+import logging
+
 from vmdk_snap.engine import Changes, Step
 from vmdk_snap.errors import NotFound
 from vmdk_snap.stepctx import (
@@ -21,8 +23,10 @@ from vmdk_snap.stepctx import (
     set_backing_disk,
     spec_for,
 )
+from vmdk_snap.types import Disk, VmInfo
 
 __all__ = [
+    "follow_other_volumes",
     "hand_over_top",
     "remove_backing_snapshot",
     "remove_instance_snapshot",
@@ -30,6 +34,8 @@ __all__ = [
     "snapshot_backing",
     "snapshot_instance",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def snapshot_instance() -> Step[OpsContext]:
@@ -201,6 +207,75 @@ def remove_instance_snapshot() -> Step[OpsContext]:
             "none: the point of no return. A removed snapshot cannot be re-created (a new one "
             "would freeze a later moment), and from here the volume's snapshot is complete; a "
             "failure or crash from now on is finished forward by `vmdk-snap recover`"
+        ),
+    )
+
+
+def _lagging_backings(ctx: OpsContext, instance: VmInfo) -> list[tuple[VmInfo, Disk]]:
+    """Other volumes' backings left on the parent of the instance's new delta.
+
+    A backing whose file is the parent of the instance's current file for
+    that volume shared the instance's file before the temporary snapshot
+    (not duplicated). A backing that was already duplicated before points
+    elsewhere and is left as it was. Independent disks got no delta.
+    """
+    out: list[tuple[VmInfo, Disk]] = []
+    for key, uuid in sorted(instance.volume_keys.items()):
+        volume_id = key.removeprefix("volume-")
+        if volume_id == ctx.params["volume_id"]:
+            continue
+        disk = instance.disk_by_uuid(uuid)
+        if disk is None or disk.independent or len(disk.chain) < 2:
+            continue
+        ref = ctx.ops.find_backing(volume_id)
+        if ref is None:
+            log.warning(
+                "no backing found for volume %s of %s: left as it is", volume_id, instance.name
+            )
+            continue
+        backing = ctx.ops.get_vm(ref)
+        if len(backing.disks) == 1 and backing.disks[0].path == disk.chain[1]:
+            out.append((backing, disk))
+    return out
+
+
+def follow_other_volumes() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"give every other volume of instance {ctx.params['instance_name']} that shared the "
+            "instance's file its new delta (one ReconfigVM per backing; old file kept)"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        instance = ctx.seen.get("instance") or ctx.read("instance")
+        others = [k for k in instance.volume_keys if k != f"volume-{ctx.params['volume_id']}"]
+        if not others:
+            return {"followed": []}
+        done = []
+        # Read again: the instance's disks as they are now, after its snapshot.
+        for backing, disk in _lagging_backings(ctx, ctx.read("instance")):
+            current = only_disk(backing)
+            ctx.run(
+                ctx.ops.start_reconfigure_disks(
+                    backing.ref, remove=[(current, False)], add=[spec_for(current, disk.path)]
+                )
+            )
+            done.append([backing.name, disk.path])
+        return {"followed": done}
+
+    def check(ctx: OpsContext) -> Changes | None:
+        lagging = _lagging_backings(ctx, ctx.read("instance"))
+        return None if lagging else {"followed": None}
+
+    return Step(
+        "follow_other_volumes",
+        describe,
+        do,
+        None,
+        check,
+        undo_text=(
+            "none: it runs after the point of no return (the instance already writes these "
+            "volumes to its new deltas); recover finishes it forward"
         ),
     )
 

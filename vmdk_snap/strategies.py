@@ -145,6 +145,11 @@ class AttachedStrategy:
         params.update(
             quiesce=quiesce,
             temp_name=temp_snapshot_name(state.volume_id, name),
+            # Other volumes attached: their backings follow the new deltas.
+            others=any(
+                k != f"volume-{state.volume_id}"
+                for k in (state.instance.volume_keys if state.instance else {})
+            ),
             description=f"Cinder snapshot {name} of volume {state.volume_id} (attached)",
         )
         return WorkflowSpec("snapshot_attached", params)

@@ -17,7 +17,9 @@ attached volume", Work Flow 1)::
                                 the instance's new delta (backing and instance share it)
       6. remove_instance_snapshot  consolidate=False: the instance's tree is as before,
                                 every file stays where it is (the point of no return)
-      7. delete_stale_copy      (after a consolidation) delete the old copy's files
+      7. follow_other_volumes   (other volumes attached) each other backing that shared
+                                the instance's file gets its new delta (one ReconfigVM each)
+      8. delete_stale_copy      (after a consolidation) delete the old copy's files
 
 Consolidation order, chosen so that no volume data is copied: the backing's
 home moves first (``moveAllDiskBackingsAndAllowSharing``, with a disk locator
@@ -50,10 +52,14 @@ only the named volume is consolidated and snapshotted. The temporary instance
 snapshot gives *every* non-independent disk of the instance a delta in the
 instance's directory, and removing it with ``consolidate=False`` keeps those
 deltas (``runtime.consolidationNeeded`` becomes true on the instance). The
-backing of another volume then points at the delta's parent, an older file of
-the same chain: its data is what the volume held at that moment and nothing
-is ever merged into it, so it is safe; the next consolidate (or forced
-snapshot) of that volume hands it the instance's current file. Kept deltas,
+backing of another volume would then point at the delta's parent, so a Nova
+detach or a Cinder clone of it would read stale data: ``follow_other_volumes``
+(after the point of no return, finished forward by ``recover``; its check
+reads vCenter) gives each backing that shared the instance's file before its
+new delta, in one ReconfigVM (old file kept). A volume that was already
+duplicated before is left as it was (its backing's file is not the delta's
+parent); the next consolidate (or forced snapshot) of that volume hands it
+the instance's current file. Kept deltas,
 by design: one per non-independent instance disk per forced snapshot, and the
 backing's previous top after each snapshot (it becomes the parent of the
 shared file). Never run vSphere's "Consolidate" on such an instance: it would
@@ -65,6 +71,8 @@ Steps without an undo, and why (plans print this as the step's "undo"):
   cannot be re-created (a new one would freeze a later moment). Everything
   the volume's snapshot needs is in place before it runs, so from then on a
   failure or a crash is finished *forward* by ``recover``, never rolled back.
+- ``follow_other_volumes`` runs after the point of no return: the instance
+  already writes those volumes to the new deltas, so going back is no option.
 - ``delete_stale_copy`` deletes files, which cannot come back; it runs only
   after the point of no return, when no VM and no undo needs the old copy.
 - ``remove_snapshot`` (delete) and ``revert_to_snapshot`` are one-step
@@ -97,6 +105,7 @@ from vmdk_snap.consolidation import (
 from vmdk_snap.engine import Step
 from vmdk_snap.errors import InvalidInput
 from vmdk_snap.snapshot_steps import (
+    follow_other_volumes,
     hand_over_top,
     remove_backing_snapshot,
     remove_instance_snapshot,
@@ -167,6 +176,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Step[OpsContext]]]] = {
         snapshot_backing(attached=True),
         hand_over_top(),
         remove_instance_snapshot(),
+        *([follow_other_volumes()] if p.get("others") else []),
         *([delete_stale_copy()] if p.get("stale") else []),
     ],
     "consolidate": lambda p: [
