@@ -424,3 +424,13 @@ def ops(session: Any) -> Any:
     from vmdk_snap.volumeops import VolumeOps  # noqa: PLC0415 - keeps pyVmomi out of collection
 
     return VolumeOps(session, task_timeout=60)
+
+
+@pytest.fixture
+def clean_sim(vc: Target) -> Iterator[Target]:
+    """``vc``, with faults and task timing reset after the test (both are global)."""
+    try:
+        yield vc
+    finally:
+        vc.ctl.clear_faults()
+        vc.ctl.reset_timing()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,16 +28,6 @@ FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05)
 
 def vm(value: str) -> Moref:
     return Moref("VirtualMachine", value)
-
-
-@pytest.fixture
-def clean_sim(vc: Target) -> Iterator[Target]:
-    """Faults are global in the simulator: clear them after the test."""
-    try:
-        yield vc
-    finally:
-        vc.ctl.clear_faults()
-        vc.ctl.reset_timing()
 
 
 def one_line(exc: BaseException) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -18,16 +17,6 @@ from vmdk_snap.volumeops import VolumeOps
 
 def vm(value: str) -> Moref:
     return Moref("VirtualMachine", value)
-
-
-@pytest.fixture
-def clean_sim(vc: Target) -> Iterator[Target]:
-    """Faults and timing are global in the simulator: reset them after the test."""
-    try:
-        yield vc
-    finally:
-        vc.ctl.clear_faults()
-        vc.ctl.reset_timing()
 
 
 @pytest.mark.cassette
