@@ -1,6 +1,9 @@
 """``vmdk-snap batch``: many volumes at once; one failure never stops the others.
 
-Live only: batch runs worker threads, which cassettes cannot replay in order.
+With ``--concurrency`` above 1 batch runs worker threads, whose calls
+interleave differently on every run: cassettes cannot replay them, so those
+tests are live only. With ``--concurrency 1`` the one worker's calls come in a
+fixed order, and that test runs in both tiers.
 """
 
 from __future__ import annotations
@@ -72,6 +75,21 @@ def test_one_failing_volume_among_many_does_not_stop_the_others(cli: Cli) -> Non
     assert doc["summary"] == {"total": 6, "ok": 5, "failed": 1}
     for vid in good:
         assert snapshot_names(cli, vid) == []
+
+
+@pytest.mark.cassette
+def test_batch_with_one_worker_replays(cli: Cli) -> None:
+    ctl = cli.target.ctl
+    good = [ctl.scenario("available-volume")["volumes"][0]["id"] for _ in range(2)]
+    unknown = "00000000-dead-beef-0000-000000000001"
+    listing = cli.home / "volumes.txt"
+    listing.write_text(f"{good[0]}\n{unknown}\n{good[1]}\n")
+
+    r = cli("batch", "snapshot", "--name", "b1", "--file", str(listing), "--concurrency", "1")
+    assert r.code == 8, r.err
+    assert r.out.splitlines()[-1] == "3 volumes: 2 ok, 1 failed"
+    for vid in good:
+        assert snapshot_names(cli, vid) == ["b1"]
 
 
 @pytest.fixture
