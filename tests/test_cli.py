@@ -113,6 +113,8 @@ def test_snapshot_dry_run_prints_the_plan_and_starts_no_task(cli: Cli) -> None:
     calls = ctl.calls()
     assert tasks_started(calls) == {}
     assert calls.get("RetrievePropertiesEx", 0) > 0  # it did look at vCenter
+    # A plan waits for no task, so its sessions set no task watcher up.
+    assert "CreatePropertyCollector" not in calls
     assert {ds: ctl.files(ds) for ds in files} == files
     assert text.code == doc.code == 0
     assert "dry run: nothing was changed" in text.out

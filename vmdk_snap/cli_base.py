@@ -165,7 +165,15 @@ class Context:
             ca_file=s.ca_file,
             thumbprint=s.thumbprint,
             insecure=s.insecure,
+            # Commands that only read (list, check, --dry-run) never wait for a
+            # task: they skip the task watcher's 4 calls at login.
+            prepare_tasks=not self.reads_only,
         )
+
+    @property
+    def reads_only(self) -> bool:
+        """Whether this command only reads from vCenter."""
+        return bool(getattr(self.args, "reads_only", False) or getattr(self.args, "dry_run", False))
 
     @contextmanager
     def driver(self) -> Iterator[Driver]:

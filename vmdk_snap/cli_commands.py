@@ -161,7 +161,7 @@ def _list(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         """,
     )
     p.add_argument("volume", metavar="VOLUME")
-    p.set_defaults(run=run_list)
+    p.set_defaults(run=run_list, reads_only=True)
 
 
 def run_list(ctx: Context) -> int:
@@ -189,7 +189,7 @@ def _check(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("volume", metavar="VOLUME", nargs="?")
     target.add_argument("--all", action="store_true", help="every Cinder volume in vCenter")
-    p.set_defaults(run=run_check)
+    p.set_defaults(run=run_check, reads_only=True)
 
 
 def run_check(ctx: Context) -> int:
