@@ -360,50 +360,81 @@ def test_remove_without_consolidate_then_consolidate_vm_disks(vc: Target) -> Non
 
 
 @pytest.mark.cassette
-def test_merge_into_a_file_another_vm_uses_is_file_locked(vc: Target) -> None:
+def test_merge_into_a_file_a_powered_off_vm_uses_goes_ahead(vc: Target) -> None:
+    """A powered-off VM holds no VMFS lock: vSphere merges into a file it
+    uses without asking, and that VM then sees the merged data."""
     seeded = vc.ctl.scenario("attached-volume")
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    seed = f"seed:{vol['id']}"
     with connect(vc) as si:
-        vm = _vm(si, inst["moref"])
+        vm, backing = _vm(si, inst["moref"]), _vm(si, vol["moref"])
         key = _key_of(si, vm, vol["vmdk"])
         snap = _snapshot(si, vm, "s1")
         vc.ctl.write(inst["moref"], key, "t1")
-        chain = _chain(_disk(si, vm, key).backing)
+        delta = _disk(si, vm, key).backing.fileName
+
+        # The instance's delta is merged into the volume's VMDK, which the
+        # (powered-off) backing VM uses as its disk.
+        _ok(si, snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+
+        assert props(si, vm, "snapshot")["snapshot"] is None
+        assert _chain(_disk(si, vm, key).backing) == [vol["vmdk"]]
+        assert [d.backing.fileName for d in _disks(si, backing)] == [vol["vmdk"]]
+        bkey = _disks(si, backing)[0].key
+    assert delta not in vc.ctl.files("ds-shared-1")
+    assert vc.ctl.read_file(vol["vmdk"])["tokens"] == [seed, "t1"]
+    assert _tokens(vc, vol["moref"], bkey) == [seed, "t1"]
+
+
+@pytest.mark.cassette
+def test_merge_into_a_file_a_running_vm_has_open_is_file_locked(vc: Target) -> None:
+    """The backing's delta cannot be merged into the volume's VMDK while the
+    running instance has that file open: FileLocked, nothing changed."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    seed = f"seed:{vol['id']}"
+    with connect(vc) as si:
+        backing = _vm(si, vol["moref"])
+        snap = _snapshot(si, backing, "s1")
+        key = _disks(si, backing)[0].key
+        vc.ctl.write(vol["moref"], key, "b1")
+        chain = _chain(_disks(si, backing)[0].backing)
         files = vc.ctl.files("ds-shared-1")
 
-        # Consolidating would merge the instance's delta into the volume's
-        # VMDK, which the backing VM uses.
         info = _run(si, snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
 
         fault = _error(info)
         assert isinstance(fault, vim.fault.FileLocked)
         assert fault.file == vol["vmdk"]
-        assert info.entity._moId == inst["moref"]
-        # Nothing changed.
-        tree = props(si, vm, "snapshot")["snapshot"]
+        assert info.entity._moId == vol["moref"]
+        tree = props(si, backing, "snapshot")["snapshot"]
         assert tree.currentSnapshot._moId == snap._moId
-        assert _chain(_disk(si, vm, key).backing) == chain
+        assert _chain(_disks(si, backing)[0].backing) == chain
     assert vc.ctl.files("ds-shared-1") == files
-    assert vc.ctl.read_file(vol["vmdk"])["tokens"] == [f"seed:{vol['id']}"]
-    assert _tokens(vc, inst["moref"], key) == [f"seed:{vol['id']}", "t1"]
+    assert vc.ctl.read_file(vol["vmdk"])["tokens"] == [seed]
+    assert _tokens(vc, vol["moref"], key) == [seed, "b1"]
 
 
 @pytest.mark.live
-def test_consolidate_vm_disks_refuses_to_merge_into_a_shared_file(vc: Target) -> None:
+def test_consolidate_vm_disks_refuses_to_merge_into_a_file_a_running_vm_has_open(
+    vc: Target,
+) -> None:
     seeded = vc.ctl.scenario("attached-volume")
-    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    vol = seeded["volumes"][0]
     with connect(vc) as si:
-        vm = _vm(si, inst["moref"])
-        key = _key_of(si, vm, vol["vmdk"])
-        snap = _snapshot(si, vm, "s1")
+        backing = _vm(si, vol["moref"])
+        snap = _snapshot(si, backing, "s1")
         _ok(si, snap.RemoveSnapshot_Task(removeChildren=False, consolidate=False))
-        chain = _chain(_disk(si, vm, key).backing)
+        chain = _chain(_disks(si, backing)[0].backing)
 
-        fault = _error(_run(si, vm.ConsolidateVMDisks_Task()))
+        fault = _error(_run(si, backing.ConsolidateVMDisks_Task()))
 
         assert isinstance(fault, vim.fault.FileLocked)
-        assert _chain(_disk(si, vm, key).backing) == chain
-        assert props(si, vm, "runtime.consolidationNeeded") == {"runtime.consolidationNeeded": True}
+        assert fault.file == vol["vmdk"]
+        assert _chain(_disks(si, backing)[0].backing) == chain
+        assert props(si, backing, "runtime.consolidationNeeded") == {
+            "runtime.consolidationNeeded": True
+        }
 
 
 # -- 3. revert ---------------------------------------------------------------------
@@ -785,18 +816,22 @@ def test_blueprint_steps_by_hand_keep_the_volume_content_in_the_backing_snapshot
             "tokens": content,
         }
         assert _tokens(vc, inst["moref"], key) == [seed, "t0", "t1"]
-        # Consolidating the instance now would merge into the file the
-        # backing's snapshot holds: refused.
-        fault = _error(_run(si, instance.ConsolidateVMDisks_Task()))
-        assert isinstance(fault, vim.fault.FileLocked)
-    assert vc.ctl.read_snapshot(backing_snap._moId, snap_key)["tokens"] == content
+        # vSphere's Consolidate on the instance is not refused (the backing
+        # is powered off and holds no lock), and it would write the
+        # instance's later data into the file the backing's snapshot holds
+        # and delete the file the backing uses: why the workflow never
+        # consolidates an instance that shares files with backings.
+        _ok(si, instance.ConsolidateVMDisks_Task())
+        assert _chain(_disk(si, instance, key).backing) == [vol["vmdk"]]
+    assert vc.ctl.read_snapshot(backing_snap._moId, snap_key)["tokens"] == [*content, "t1"]
+    assert inst_delta not in vc.ctl.files("ds-shared-1")
 
 
 @pytest.mark.live
 def test_remove_snapshot_merges_only_its_own_deltas(vc: Target) -> None:
-    """A merge left pending (and locked: it would write into the volume's
-    VMDK) does not stop a later snapshot's removal from consolidating its
-    own delta; the VM still needs consolidation afterwards."""
+    """A merge left pending (it would write into the volume's VMDK) does not
+    stop a later snapshot's removal from consolidating its own delta; the VM
+    still needs consolidation afterwards."""
     seeded = vc.ctl.scenario("attached-volume")
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
     name = inst["name"]

@@ -4,7 +4,7 @@ package main
 // consolidate=false left pending (the stock simulator lacks the method).
 // The same rules as RemoveSnapshot's consolidation apply (remove.go): only
 // deltas the VM no longer needs are merged, and a merge into or of a file
-// another VM uses fails with FileLocked, changing nothing.
+// another powered-on VM has open fails with FileLocked, changing nothing.
 
 import (
 	"github.com/vmware/govmomi/simulator"

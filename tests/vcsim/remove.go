@@ -9,7 +9,8 @@ package main
 // gets that child merged into it: the child's tokens are appended to its
 // data file, the child's files deleted and every chain that went through
 // the child now goes through the parent. Merging into or deleting a file
-// that another VM's chain uses fails with FileLocked, and nothing changes.
+// that another powered-on VM has open fails with FileLocked, and nothing
+// changes; a powered-off VM holds no lock (see checkMerges).
 
 import (
 	"sort"
@@ -223,27 +224,39 @@ func planMerges(chains [][]string, only map[string]bool) []merge {
 }
 
 // checkMerges refuses merges that write into or delete a file another
-// VM's chains use.
+// powered-on VM has open, as VMFS locks do: a running VM opens every file
+// of its current disks' chains (its snapshots' chains are not open). A
+// powered-off VM holds no lock, so vSphere merges into (or deletes) a file
+// it uses without asking: that VM then sees the merged data, and a
+// snapshot of it that held the file no longer holds what it froze. Guarding
+// against that is the caller's business (vmdk_snap never merges into a file
+// a snapshot holds).
 func checkMerges(vm *simulator.VirtualMachine, merges []merge) types.BaseMethodFault {
 	idx := fileUsersIndex()
-	others := func(p string) []fileUser {
+	holders := func(p string) []fileUser {
 		var out []fileUser
 		for _, u := range idx[p] {
-			if u.VM != vm.Self {
+			if u.VM != vm.Self && u.Snapshot == "" && poweredOn(u.VM) {
 				out = append(out, u)
 			}
 		}
 		return out
 	}
 	for _, m := range merges {
-		if u := others(m.Parent); len(u) > 0 {
+		if u := holders(m.Parent); len(u) > 0 {
 			return fileLocked(m.Parent, u)
 		}
-		if u := others(m.Child); len(u) > 0 {
+		if u := holders(m.Child); len(u) > 0 {
 			return fileLocked(m.Child, u)
 		}
 	}
 	return nil
+}
+
+// poweredOn tells whether a VM is running (and so holds locks on its files).
+func poweredOn(ref types.ManagedObjectReference) bool {
+	vm, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine)
+	return ok && vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 }
 
 // applyMerges carries out planned merges on vm's chains and files. The
