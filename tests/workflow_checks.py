@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Target
-from vmdk_snap.driver import Driver
+from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.types import Moref, SnapshotNode, datastore_of
 
 DATASTORES = ("ds-shared-1", "ds-shared-2", "ds-local-h0")
@@ -156,3 +156,37 @@ def _with_leaf(before: tuple[Any, ...], name: str) -> tuple[Any, ...]:
         return ((name, ()),)
     *rest, (last, children) = before
     return (*rest, (last, _with_leaf(children, name)))
+
+
+def forced_snapshot(
+    vc: Target, ops: Any, driver: Driver, scenario: str, *, quiesce: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Seed a scenario, snapshot its first volume forced, check every invariant.
+
+    Returns the seeded scenario and {"node", "tokens", "key"}: the new
+    snapshot, the volume's tokens when it was taken and its disk key on the
+    instance.
+    """
+    seeded = vc.ctl.scenario(scenario)
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = volume_disk_key(ops, vol, inst["moref"])
+    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
+    inst_tree, backing_tree = snapshot_trees(ops, inst["moref"], vol["moref"])
+    if quiesce:
+        vc.ctl.set_tools(inst["moref"], True)
+    node = driver.create_snapshot(
+        Volume(vol["id"], "in-use", inst["uuid"]), "snapshot-1", force=True, quiesce=quiesce
+    )
+    assert node.name == "snapshot-1"
+    assert_forced_snapshot_invariants(
+        vc,
+        ops,
+        seeded,
+        volume=vol,
+        instance=inst,
+        node=node,
+        instance_tree_before=inst_tree,
+        backing_tree_before=backing_tree,
+        tokens_at_snapshot=tokens,
+    )
+    return seeded, {"node": node, "tokens": tokens, "key": key}

@@ -1,0 +1,176 @@
+"""The driver on the simulator: what it refuses or leaves alone (issue 5).
+
+Volume states, independent disks, chains too deep and bad names are refused
+before any change; a volume another workflow holds is busy; a plan changes
+nothing; recovery leaves a workflow whose process still runs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Target
+from tests.workflow_checks import make_driver, snapshot_trees, vm, volume_disk_key, world
+from vmdk_snap.driver import Volume
+from vmdk_snap.errors import Busy, InvalidInput, InvalidState
+from vmdk_snap.locks import VolumeLock
+from vmdk_snap.types import DiskSpec
+
+
+@pytest.mark.live
+def test_in_use_volume_is_refused_without_force(vc: Target, ops: Any, tmp_path: Path) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    vc.ctl.reset_calls()
+    with pytest.raises(InvalidState, match=r"in-use by instance .*pass --force") as info:
+        driver.create_snapshot(Volume(vol["id"]), "snapshot-1")
+    assert inst["uuid"] in str(info.value)
+    calls = vc.ctl.calls()
+    assert not [m for m in calls if m.endswith("_Task")], calls
+    assert snapshot_trees(ops, inst["moref"], vol["moref"]) == [(), ()]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("status", ["creating", "error", "maintenance"])
+def test_other_statuses_are_refused(vc: Target, ops: Any, tmp_path: Path, status: str) -> None:
+    driver = make_driver(ops, tmp_path)
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    with pytest.raises(InvalidState, match=f"is '{status}'; snapshots need it 'available'"):
+        driver.create_snapshot(Volume(vol["id"], status), "snapshot-1", force=True)
+    assert snapshot_trees(ops, vol["moref"]) == [()]
+
+
+@pytest.mark.live
+def test_independent_disk_cannot_be_snapshotted_attached(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = volume_disk_key(ops, vol, inst["moref"])
+    disk = next(d for d in ops.get_vm(vm(inst["moref"])).disks if d.key == key)
+    spec = DiskSpec(
+        disk.path,
+        disk.controller_key,
+        disk.unit or 0,
+        disk.capacity_kb,
+        disk.uuid,
+        "independent_persistent",
+    )
+    ops.reconfigure_disks(vm(inst["moref"]), remove=[(disk, False)], add=[spec])
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    with pytest.raises(InvalidState, match="independent_persistent disk, which vSphere leaves"):
+        driver.create_snapshot(Volume(vol["id"]), "snapshot-1", force=True)
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
+
+
+@pytest.mark.live
+def test_deep_instance_chain_is_refused_before_any_change(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    vc.ctl.set_default_task_time(0)
+    try:
+        # 31 snapshot + remove(consolidate=False): each keeps a delta on every disk.
+        for i in range(31):
+            snap = ops.create_snapshot(vm(inst["moref"]), f"grow-{i}")
+            ops.remove_snapshot(snap, False, False)
+    finally:
+        vc.ctl.reset_timing()
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    vc.ctl.reset_calls()
+    with pytest.raises(InvalidState, match="31 deltas deep") as err:
+        driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "snap-1", force=True)
+    assert "detach the volume" in str(err.value.hint)
+    assert [m for m in vc.ctl.calls() if m.endswith("_Task")] == []
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    "name",
+    ['snap"1', "snap'1", "<snap>", "snäp", "snap 1", "x" * 81, ""],
+)
+def test_bad_names_are_refused_before_any_change(
+    vc: Target, ops: Any, tmp_path: Path, name: str
+) -> None:
+    driver = make_driver(ops, tmp_path)
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.reset_calls()
+    with pytest.raises(InvalidInput, match=r"use ASCII letters, digits, '-', '_' and '\.'"):
+        driver.create_snapshot(Volume(vol["id"]), name)
+    with pytest.raises(InvalidInput):
+        driver.plan_snapshot(Volume(vol["id"]), name)
+    assert vc.ctl.calls() == {}
+
+
+@pytest.mark.live
+def test_second_workflow_on_a_volume_is_busy(vc: Target, ops: Any, tmp_path: Path) -> None:
+    driver = make_driver(ops, tmp_path)
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    with VolumeLock(driver.journal.directory, vol["id"]):  # as another process would
+        vc.ctl.reset_calls()
+        with pytest.raises(Busy, match=f"volume {vol['id']} is busy"):
+            driver.create_snapshot(Volume(vol["id"]), "snapshot-1")
+        assert vc.ctl.calls() == {}
+    driver.create_snapshot(Volume(vol["id"]), "snapshot-1")
+
+
+@pytest.mark.live
+def test_recover_leaves_a_workflow_whose_process_is_alive(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    driver = make_driver(ops, tmp_path)
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    assert driver.recover() == []
+    wf = driver.journal.begin("snapshot", vol["id"], {"name": "snapshot-1"})
+    with VolumeLock(driver.journal.directory, vol["id"]):  # its process still runs
+        (result,) = driver.recover()
+    assert (result.workflow_id, result.outcome) == (wf, "busy")
+    assert [r.id for r in driver.journal.unfinished()] == [wf]
+
+
+@pytest.mark.live
+def test_plan_changes_nothing(vc: Target, ops: Any, tmp_path: Path) -> None:
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume-moved")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    vc.ctl.reset_calls()
+    plan = driver.plan_snapshot(Volume(vol["id"]), "snapshot-1", force=True)
+    consolidation = driver.plan_consolidate(Volume(vol["id"]))
+    assert not [m for m in vc.ctl.calls() if m.endswith("_Task")]
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
+    assert [s.name for s in plan.steps] == [
+        "relocate_backing",
+        "swap_backing_disk",
+        "snapshot_instance",
+        "snapshot_backing",
+        "hand_over_top",
+        "remove_instance_snapshot",
+        "delete_stale_copy",
+    ]
+    assert [s.name for s in consolidation.steps] == [
+        "relocate_backing",
+        "swap_backing_disk",
+        "delete_stale_copy",
+    ]
+    relocate = plan.steps[0].description
+    assert "no data is copied" in relocate
+    # Names, as `check` shows them, not morefs.
+    host = driver.describe(vol["id"]).instance_host
+    assert host
+    assert f"to host {host}, pool Resources, datastore ds-shared-2" in relocate
+    assert "from host " in relocate
+    assert not re.search(r"\b(host|resgroup|datastore)-\d+", relocate), relocate
+    assert "point of no return" in plan.steps[5].undo
+    assert not plan.steps[5].reversible
+    assert vol["vmdk"] in plan.steps[-1].description
+    assert driver.journal.workflows() == []
