@@ -47,7 +47,6 @@ STEPS: dict[str, tuple[str, str | None, int]] = {
     "remove_instance_snapshot": ("RemoveSnapshot_Task", None, 0),
     "delete_stale_copy": ("DeleteVirtualDisk_Task", None, 0),
 }
-AFTER_INSTANCE_SNAPSHOT = ("snapshot_backing", "hand_over_top", "remove_instance_snapshot")
 
 
 def _seed(vc: Target, ops: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], World]:
@@ -57,31 +56,22 @@ def _seed(vc: Target, ops: Any) -> tuple[dict[str, Any], dict[str, Any], dict[st
 
 
 def _assert_as_before(
-    vc: Target, ops: Any, inst: dict[str, Any], vol: dict[str, Any], *, before: World, deltas: bool
+    vc: Target, ops: Any, inst: dict[str, Any], vol: dict[str, Any], *, before: World
 ) -> None:
-    """Trees, the backing's chains and all data exactly as before.
+    """Trees, homes, every chain, every file and all data exactly as before.
 
-    After the instance snapshot, the instance's disks keep its delta (undone
-    with consolidate=False, never merged into files backings use): each chain
-    is then the old chain with one delta on top, and the data is the same.
+    After the instance snapshot, its undo merges the temporary deltas back
+    (no snapshot holds the files they sit on), so nothing is left behind.
     """
     after = world(vc, ops, inst["moref"], vol["moref"])
     assert after.trees == before.trees
     assert after.homes == before.homes  # host, pool and home datastore of both VMs
-    assert after.chains[vol["moref"]] == before.chains[vol["moref"]]
+    assert after.chains == before.chains
     old, new = before.disks(inst["moref"]), after.disks(inst["moref"])
     assert old.keys() == new.keys()
-    kept: set[str] = set()
     for key, disk in old.items():
-        assert new[key]["tokens"] == disk["tokens"], f"disk {key} data changed"
-        if deltas:
-            assert new[key]["chain"][1:] == disk["chain"]
-            top = new[key]["chain"][0]
-            assert top.startswith(f"[ds-shared-2] {inst['name']}/")
-            kept |= {top, top.replace(".vmdk", "-delta.vmdk")}
-        else:
-            assert new[key]["chain"] == disk["chain"]
-    assert after.files == before.files | kept
+        assert new[key] == disk, f"instance disk {key} changed"
+    assert after.files == before.files
 
 
 @pytest.mark.live
@@ -121,7 +111,7 @@ def test_failure_at_each_step_is_rolled_back_exactly(
     assert record.state == jn.ROLLED_BACK
     undone = [s.name for s in record.steps if s.state == jn.UNDONE]
     assert step not in undone
-    _assert_as_before(vc, ops, inst, vol, before=before, deltas=step in AFTER_INSTANCE_SNAPSHOT)
+    _assert_as_before(vc, ops, inst, vol, before=before)
     # The volume is usable afterwards: the same snapshot now succeeds.
     node = driver.create_snapshot(volume, "snapshot-1", force=True)
     assert snapshot_trees(ops, vol["moref"]) == [(("snapshot-1", ()),)]
@@ -250,8 +240,7 @@ def _recover_and_check(
     else:
         assert result.outcome == "rolled_back"
         # The killed process had sent the step's call: recover waited for it.
-        deltas = step in ("snapshot_instance", *AFTER_INSTANCE_SNAPSHOT)
-        _assert_as_before(vc, ops, inst, vol, before=before, deltas=deltas)
+        _assert_as_before(vc, ops, inst, vol, before=before)
     assert_files_consistent(vc, seeded)
 
 
@@ -353,4 +342,74 @@ def test_kill_during_delete_or_revert_then_recover_finishes(
     assert (result.kind, result.outcome) == (op, "finished")
     assert driver.journal.unfinished() == []
     _assert_done(vc, ops, op, vol)
+    assert_files_consistent(vc, seeded)
+
+
+# -- the instance snapshot's undo merges back only what nobody else holds ----------
+
+
+@pytest.mark.live
+def test_rollback_keeps_the_instance_delta_when_a_backing_snapshot_holds_its_file(
+    vc: Target, ops: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A backing snapshot taken by hand while attached holds the instance's file.
+
+    Merging the instance's temporary delta back on rollback would write into
+    that file: the snapshot's data would change with every later write through
+    the instance. The undo must see it, keep the delta (consolidate=False) and
+    say why; the hand-made snapshot keeps its data.
+    """
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = volume_disk_key(ops, vol, inst["moref"])
+    by_hand = ops.create_snapshot(vm(vol["moref"]), "by-hand")  # holds the instance's file
+    bkey = ops.get_vm(vm(vol["moref"])).disks[0].key
+    frozen = vc.ctl.read_snapshot(by_hand.value, bkey)
+    assert frozen["chain"] == [vol["vmdk"]]
+    instance_before = vc.ctl.read_disk(inst["moref"], key)
+
+    driver = make_driver(ops, tmp_path)
+    vc.ctl.inject_fault("CreateSnapshot_Task", "task", "FileLocked", match=f">{vol['moref']}<")
+    try:
+        with pytest.raises(VmdkSnapError, match="FileLocked"):
+            driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "s1", force=True)
+    finally:
+        vc.ctl.clear_faults()
+
+    (record,) = driver.journal.workflows(vol["id"])
+    assert record.state == jn.ROLLED_BACK
+    assert "a snapshot or a deeper chain holds " + vol["vmdk"] in caplog.text
+    after = vc.ctl.read_disk(inst["moref"], key)
+    assert after["tokens"] == instance_before["tokens"]
+    assert after["chain"][1:] == instance_before["chain"]  # one delta kept on top
+    assert snapshot_trees(ops, inst["moref"]) == [()]
+    assert snapshot_trees(ops, vol["moref"]) == [(("by-hand", ()),)]
+    vc.ctl.write(inst["moref"], key, "after-rollback")
+    assert vc.ctl.read_snapshot(by_hand.value, bkey) == frozen
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_rollback_merges_back_after_earlier_forced_snapshots(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """After a forced snapshot the backing's snapshot holds the file below the
+    shared one; a second, failing snapshot still rolls back exactly."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = volume_disk_key(ops, vol, inst["moref"])
+    driver = make_driver(ops, tmp_path)
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    driver.create_snapshot(volume, "s1", force=True)
+    vc.ctl.write(inst["moref"], key, "after-s1")
+    before = world(vc, ops, inst["moref"], vol["moref"])
+
+    vc.ctl.inject_fault("ReconfigVM_Task", "task", "FileLocked", match=f">{vol['moref']}<")
+    try:
+        with pytest.raises(VmdkSnapError, match="FileLocked"):
+            driver.create_snapshot(volume, "s2", force=True)
+    finally:
+        vc.ctl.clear_faults()
+
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
     assert_files_consistent(vc, seeded)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 
 from vmdk_snap.engine import Changes, Step
-from vmdk_snap.errors import NotFound
+from vmdk_snap.errors import NotFound, TaskFailed, TaskTimeout
+from vmdk_snap.merge_guard import merge_refusal, sharing_vms, snapshots_to_read
 from vmdk_snap.stepctx import (
     OpsContext,
     directory,
@@ -61,8 +62,34 @@ def snapshot_instance() -> Step[OpsContext]:
         return {"snapshot": ref_json(snap)}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
-        # consolidate=False: never merge into files backings reference (module doc).
-        ctx.run(ctx.ops.start_remove_snapshot(ref_of(changes["snapshot"]), False, False))
+        # Merge back only when no snapshot or other chain holds the files the
+        # merge writes into or deletes (vmdk_snap.merge_guard): then the
+        # instance's disks are on exactly their old files again.
+        snap = ref_of(changes["snapshot"])
+        instance = ctx.read("instance")
+        backings, missing = sharing_vms(ctx.ops, instance, ctx.vm("backing"))
+        disks = ctx.ops.snapshots_disks(snapshots_to_read(instance, backings))
+        why = merge_refusal(instance, snap, backings, disks)
+        if why is None and missing:
+            why = f"no backing found for {missing[0]}: who else uses its file is unknown"
+        if why is None:
+            try:
+                ctx.run(ctx.ops.start_remove_snapshot(snap, False, True))
+                return
+            except TaskFailed as exc:
+                if isinstance(exc, TaskTimeout):
+                    raise
+                why = f"the merge failed: {exc}"
+                if ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None:
+                    log.warning("temporary snapshot removed, its deltas not merged: %s", why)
+                    return
+        log.warning(
+            "removing the temporary snapshot of %s without merging (its disks keep one "
+            "delta, data unchanged): %s",
+            ctx.params["instance_name"],
+            why,
+        )
+        ctx.run(ctx.ops.start_remove_snapshot(snap, False, False))
 
     def check(ctx: OpsContext) -> Changes | None:
         node = ctx.read("instance").snapshot_named(ctx.params["temp_name"])
@@ -74,7 +101,10 @@ def snapshot_instance() -> Step[OpsContext]:
         do,
         undo,
         check,
-        undo_text="remove the temporary snapshot with consolidate=False (deltas kept)",
+        undo_text=(
+            "remove the temporary snapshot, merging its deltas back when no snapshot or other "
+            "chain holds those files (else consolidate=False: one delta kept, data unchanged)"
+        ),
     )
 
 

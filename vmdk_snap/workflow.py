@@ -36,13 +36,16 @@ their files are not moved either.
 Why each undo is what it is:
 
 - ``snapshot_instance`` is undone by removing the temporary snapshot with
-  ``consolidate=False``. Merging the instance's deltas back would write into
-  base files that backing VMs reference (this volume's, and in Work Flow 2
-  every other attached volume's) and, if such a file holds a backing snapshot,
-  destroy that snapshot's data; vSphere's merge does not know about backings.
-  So a rollback leaves the instance's disks on a delta in its own directory
-  whose parent chain is exactly the old one; data, snapshot trees and the
-  backing's disk are exactly as before.
+  ``consolidate=True`` when that is harmless, so that every disk of the
+  instance is back on exactly its old files. vSphere's merge does not know
+  about backings (a powered-off backing holds no lock): it would as well
+  write into a file a backing snapshot holds and destroy that snapshot's
+  data. So the undo first reads the snapshots and chains of the instance and
+  of its volumes' backings and merges only when none holds a file the merge
+  writes into or deletes (:mod:`vmdk_snap.merge_guard`); otherwise, or if
+  the merge fails, it removes the snapshot with ``consolidate=False``: the
+  instance's disks keep one delta whose parent chain is the old one, data
+  and trees unchanged, and the log says why.
 - ``hand_over_top`` and ``snapshot_backing`` are undone by giving the backing
   back the file the new snapshot holds and removing that snapshot (nothing to
   merge then, so nothing is written into a shared file).

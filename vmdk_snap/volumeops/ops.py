@@ -216,6 +216,15 @@ class VolumeOps:
             raise NotFound(f"snapshot {snapshot.value} no longer exists", hint="look it up again")
         return disks_of(found[0].props.get("config.hardware.device"))
 
+    def snapshots_disks(self, snapshots: Sequence[Moref]) -> dict[Moref, tuple[Disk, ...]]:
+        """The disks each snapshot recorded (its ``config`` devices), in one call."""
+        found = retrieve(
+            self.session,
+            [Obj(self.session.mo(s)) for s in snapshots],
+            {vim.vm.Snapshot: ["config.hardware.device"]},
+        )
+        return {f.ref: disks_of(f.props.get("config.hardware.device")) for f in found}
+
     def get_host(self, host: Moref) -> HostInfo:
         """A host, the root resource pool of its cluster and the datastores it sees."""
         found = retrieve(
