@@ -61,14 +61,15 @@ def props(si: Any, obj: Any, *paths: str) -> dict[str, Any]:
     return out
 
 
+def virtual_disks(si: Any, vm: Any) -> list[Any]:
+    """A VM's (or a snapshot's) disk devices, in device order."""
+    devices = props(si, vm, "config.hardware.device")["config.hardware.device"]
+    return [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+
+
 def disk_paths(si: Any, vm: Any) -> list[str]:
     """The file names of a VM's disks, in device order."""
-    devices = props(si, vm, "config.hardware.device")["config.hardware.device"]
-    return [
-        str(d.backing.fileName)  # type: ignore[union-attr]  # disks always have a file backing here
-        for d in devices
-        if isinstance(d, vim.vm.device.VirtualDisk)
-    ]
+    return [str(d.backing.fileName) for d in virtual_disks(si, vm)]
 
 
 def watch_task(si: Any, task: Any, max_wait_seconds: int = 5) -> tuple[Any, list[tuple[str, Any]]]:
@@ -111,6 +112,26 @@ def watch_task(si: Any, task: Any, max_wait_seconds: int = 5) -> tuple[Any, list
     finally:
         pc_filter.DestroyPropertyFilter()
     return props(si, task, "info")["info"], seen
+
+
+def run_task(si: Any, task: Any) -> Any:
+    """Wait for a task and return its final ``info``, success or error."""
+    info, _ = watch_task(si, task)
+    return info
+
+
+def task_ok(si: Any, task: Any) -> Any:
+    """Wait for a task that must succeed; its final ``info``."""
+    info = run_task(si, task)
+    assert info.state == "success", info.error
+    return info
+
+
+def task_fault(si: Any, task: Any) -> Any:
+    """Wait for a task that must fail; the fault it failed with."""
+    info = run_task(si, task)
+    assert info.state == "error", info.state
+    return info.error
 
 
 def add_disk_change(
