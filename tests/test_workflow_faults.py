@@ -47,6 +47,7 @@ STEPS: dict[str, tuple[str, str | None, int]] = {
     "remove_instance_snapshot": ("RemoveSnapshot_Task", None, 0),
     "delete_stale_copy": ("DeleteVirtualDisk_Task", None, 0),
 }
+STEPS_BEFORE_COMMIT = 6  # up to remove_instance_snapshot, the point of no return
 
 
 def _seed(vc: Target, ops: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], World]:
@@ -412,4 +413,49 @@ def test_rollback_merges_back_after_earlier_forced_snapshots(
         vc.ctl.clear_faults()
 
     assert world(vc, ops, inst["moref"], vol["moref"]) == before
+    assert_files_consistent(vc, seeded)
+
+
+# Steps before the point of no return (and the one that is it), per scenario
+# with two volumes: Work Flow 2 consolidates first; with no storage vMotion
+# the other volume shares the instance's file and follows it.
+TWO_VOLUME_STEPS = [("workflow2", step) for step in list(STEPS)[:STEPS_BEFORE_COMMIT]] + [
+    ("instance-two-volumes", step)
+    for step in (
+        "snapshot_instance",
+        "snapshot_backing",
+        "hand_over_top",
+        "remove_instance_snapshot",
+    )
+]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("scenario", "step"), TWO_VOLUME_STEPS)
+def test_failure_with_two_volumes_restores_every_vm_exactly(
+    vc: Target, ops: Any, tmp_path: Path, scenario: str, step: str
+) -> None:
+    """The undo merges the temporary deltas of the root disk and of both
+    volumes back: the instance, both backings, every file and all data are
+    exactly as before, the other volume included."""
+    seeded = vc.ctl.scenario(scenario)
+    inst = seeded["instances"][0]
+    vol_a, vol_b = seeded["volumes"]
+    morefs = (inst["moref"], vol_a["moref"], vol_b["moref"])
+    before = world(vc, ops, *morefs)
+    method, whose, skip = STEPS[step]
+    if scenario == "instance-two-volumes":
+        skip = 0  # no consolidation: hand_over_top is the backing's first ReconfigVM
+    match = None if whose is None else f">{(inst if whose == 'instance' else vol_a)['moref']}<"
+    vc.ctl.inject_fault(method, "task", "FileLocked", skip=skip, match=match)
+    driver = make_driver(ops, tmp_path)
+    try:
+        with pytest.raises(VmdkSnapError, match="FileLocked"):
+            driver.create_snapshot(Volume(vol_a["id"], "in-use", inst["uuid"]), "s1", force=True)
+    finally:
+        vc.ctl.clear_faults()
+    (record,) = driver.journal.workflows(vol_a["id"])
+    assert record.state == jn.ROLLED_BACK
+    assert record.step(step) is not None
+    assert world(vc, ops, *morefs) == before
     assert_files_consistent(vc, seeded)
