@@ -22,7 +22,9 @@ from tests.vsphere import (
     moref,
     props,
     remove_disk_change,
-    watch_task,
+    task_fault,
+    task_ok,
+    virtual_disks,
 )
 from vmdk_snap.testing import Simulator
 
@@ -31,11 +33,6 @@ DS = "ds-shared-1"
 
 def _vm(si: Any, value: str) -> Any:
     return moref(si, "VirtualMachine", value)
-
-
-def _disks(si: Any, vm: Any) -> list[Any]:
-    devices = props(si, vm, "config.hardware.device")["config.hardware.device"]
-    return [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
 
 
 def _controller_key(si: Any, vm: Any) -> int:
@@ -49,13 +46,13 @@ def _disk_files(vmdk: str) -> list[str]:
     return [vmdk, vmdk.replace(".vmdk", "-flat.vmdk")]
 
 
-def _reconfigure(si: Any, vm: Any, *changes: Any, **extra: str) -> Any:
+def _reconfigure(vm: Any, *changes: Any, **extra: str) -> Any:
+    """Start ReconfigVM_Task with these device changes and extraConfig entries."""
     spec = vim.vm.ConfigSpec(
         deviceChange=list(changes),
         extraConfig=[vim.option.OptionValue(key=k, value=v) for k, v in sorted(extra.items())],
     )
-    info, _ = watch_task(si, vm.ReconfigVM_Task(spec))
-    return info
+    return vm.ReconfigVM_Task(spec)
 
 
 @pytest.mark.cassette
@@ -68,10 +65,9 @@ def test_attach_existing_vmdk_keeps_its_backing(vc: Target) -> None:
         ctl = _controller_key(si, vm)
         change = add_disk_change(ctl, vol["vmdk"])
         change.device.backing.uuid = vol["disk_uuid"]
-        info = _reconfigure(si, vm, change, **{f"volume-{vol['id']}": vol["disk_uuid"]})
-        assert info.state == "success", info.error
+        task_ok(si, _reconfigure(vm, change, **{f"volume-{vol['id']}": vol["disk_uuid"]}))
 
-        disks = _disks(si, vm)
+        disks = virtual_disks(si, vm)
         (added,) = [d for d in disks if d.backing.fileName == vol["vmdk"]]
         assert added.backing.uuid == vol["disk_uuid"]
         assert added.backing.parent is None
@@ -99,17 +95,15 @@ def test_attach_delta_rebuilds_the_parent_chain_from_the_descriptors(vc: Target)
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     with connect(vc) as si:
         backing = _vm(si, vol["moref"])
-        snap, _ = watch_task(si, backing.CreateSnapshot_Task("s", "", False, False))
-        assert snap.state == "success", snap.error
-        (delta_disk,) = _disks(si, backing)
+        task_ok(si, backing.CreateSnapshot_Task("s", "", False, False))
+        (delta_disk,) = virtual_disks(si, backing)
         delta = delta_disk.backing.fileName
         assert delta != vol["vmdk"]
 
         vm = _vm(si, inst["moref"])
         # The client names only the top file; the chain comes from the descriptors.
-        info = _reconfigure(si, vm, add_disk_change(_controller_key(si, vm), delta))
-        assert info.state == "success", info.error
-        (added,) = [d for d in _disks(si, vm) if d.backing.fileName == delta]
+        task_ok(si, _reconfigure(vm, add_disk_change(_controller_key(si, vm), delta)))
+        (added,) = [d for d in virtual_disks(si, vm) if d.backing.fileName == delta]
         assert added.backing.parent is not None
         assert added.backing.parent.fileName == vol["vmdk"]
         assert added.backing.parent.parent is None
@@ -124,24 +118,22 @@ def test_attach_needs_the_files(vc: Target) -> None:
     with connect(vc) as si:
         vm = _vm(si, inst["moref"])
         ctl = _controller_key(si, vm)
-        disks_before = [d.backing.fileName for d in _disks(si, vm)]
+        disks_before = [d.backing.fileName for d in virtual_disks(si, vm)]
         missing = f"[{DS}] nowhere/nothing.vmdk"
-        info = _reconfigure(si, vm, add_disk_change(ctl, missing))
-        assert info.state == "error"
-        assert isinstance(info.error, vim.fault.FileNotFound)
-        assert info.error.file == missing
+        fault = task_fault(si, _reconfigure(vm, add_disk_change(ctl, missing)))
+        assert isinstance(fault, vim.fault.FileNotFound)
+        assert fault.file == missing
 
         # A descriptor without its data file is no disk either.
         flat = vol["vmdk"].replace(".vmdk", "-flat.vmdk")
         content = si.RetrieveContent()
         datacenter = props(si, content.rootFolder, "childEntity")["childEntity"][0]
         delete = content.fileManager.DeleteDatastoreFile_Task(flat, datacenter)
-        assert watch_task(si, delete)[0].state == "success"
-        info = _reconfigure(si, vm, add_disk_change(ctl, vol["vmdk"]))
-        assert info.state == "error"
-        assert isinstance(info.error, vim.fault.FileNotFound)
-        assert info.error.file == flat
-        assert [d.backing.fileName for d in _disks(si, vm)] == disks_before
+        task_ok(si, delete)
+        fault = task_fault(si, _reconfigure(vm, add_disk_change(ctl, vol["vmdk"])))
+        assert isinstance(fault, vim.fault.FileNotFound)
+        assert fault.file == flat
+        assert [d.backing.fileName for d in virtual_disks(si, vm)] == disks_before
 
 
 @pytest.mark.cassette
@@ -152,23 +144,22 @@ def test_unit_in_use_fails_the_whole_spec(vc: Target) -> None:
     with connect(vc) as si:
         vm = _vm(si, inst["moref"])
         ctl = _controller_key(si, vm)
-        used = max(d.unitNumber for d in _disks(si, vm))
+        used = max(d.unitNumber for d in virtual_disks(si, vm))
         # Two valid changes first, then one on a unit in use: nothing applies.
         free = add_disk_change(ctl, vol_a["vmdk"], unit=used + 1)
         also_free = add_disk_change(ctl, vol_b["vmdk"], unit=used + 2)
         taken = add_disk_change(ctl, vol_b["vmdk"], unit=used)
-        info = _reconfigure(si, vm, free, also_free, taken, **{"vmdk-snap.k": "v"})
-        assert info.state == "error"
-        assert isinstance(info.error, vim.fault.InvalidDeviceSpec)
-        assert info.error.deviceIndex == 2
-        files = {d.backing.fileName for d in _disks(si, vm)}
+        fault = task_fault(si, _reconfigure(vm, free, also_free, taken, **{"vmdk-snap.k": "v"}))
+        assert isinstance(fault, vim.fault.InvalidDeviceSpec)
+        assert fault.deviceIndex == 2
+        files = {d.backing.fileName for d in virtual_disks(si, vm)}
         assert vol_a["vmdk"] not in files
         extra = props(si, vm, "config.extraConfig")["config.extraConfig"]
         assert "vmdk-snap.k" not in {o.key for o in extra}
 
         # Unit 7 is the SCSI controller's own.
-        info = _reconfigure(si, vm, add_disk_change(ctl, vol_a["vmdk"], unit=7))
-        assert isinstance(info.error, vim.fault.InvalidDeviceSpec)
+        fault = task_fault(si, _reconfigure(vm, add_disk_change(ctl, vol_a["vmdk"], unit=7)))
+        assert isinstance(fault, vim.fault.InvalidDeviceSpec)
 
 
 @pytest.mark.cassette
@@ -177,15 +168,15 @@ def test_remove_without_file_operation_keeps_the_files(vc: Target) -> None:
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
     with connect(vc) as si:
         vm = _vm(si, inst["moref"])
-        (disk,) = [d for d in _disks(si, vm) if d.backing.fileName == vol["vmdk"]]
+        (disk,) = [d for d in virtual_disks(si, vm) if d.backing.fileName == vol["vmdk"]]
         # Nova detaches: remove the device and its extraConfig entry.
-        info = _reconfigure(si, vm, remove_disk_change(disk), **{f"volume-{vol['id']}": ""})
-        assert info.state == "success", info.error
-        assert vol["vmdk"] not in {d.backing.fileName for d in _disks(si, vm)}
+        task_ok(si, _reconfigure(vm, remove_disk_change(disk), **{f"volume-{vol['id']}": ""}))
+        assert vol["vmdk"] not in {d.backing.fileName for d in virtual_disks(si, vm)}
         extra = props(si, vm, "config.extraConfig")["config.extraConfig"]
         assert f"volume-{vol['id']}" not in {o.key for o in extra}
         # The backing still has its disk.
-        assert [d.backing.fileName for d in _disks(si, _vm(si, vol["moref"]))] == [vol["vmdk"]]
+        backing = _vm(si, vol["moref"])
+        assert [d.backing.fileName for d in virtual_disks(si, backing)] == [vol["vmdk"]]
     files = vc.ctl.files(DS)
     assert all(f in files for f in _disk_files(vol["vmdk"]))
 
@@ -196,12 +187,11 @@ def test_destroy_is_refused_while_another_vm_uses_the_file(vc: Target) -> None:
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
     with connect(vc) as si:
         vm = _vm(si, inst["moref"])
-        (disk,) = [d for d in _disks(si, vm) if d.backing.fileName == vol["vmdk"]]
-        info = _reconfigure(si, vm, remove_disk_change(disk, "destroy"))
-        assert info.state == "error"
-        assert isinstance(info.error, vim.fault.FileLocked)
-        assert info.error.file == vol["vmdk"]
-        assert vol["vmdk"] in {d.backing.fileName for d in _disks(si, vm)}
+        (disk,) = [d for d in virtual_disks(si, vm) if d.backing.fileName == vol["vmdk"]]
+        fault = task_fault(si, _reconfigure(vm, remove_disk_change(disk, "destroy")))
+        assert isinstance(fault, vim.fault.FileLocked)
+        assert fault.file == vol["vmdk"]
+        assert vol["vmdk"] in {d.backing.fileName for d in virtual_disks(si, vm)}
     files = vc.ctl.files(DS)
     assert all(f in files for f in _disk_files(vol["vmdk"]))
 
@@ -211,21 +201,19 @@ def test_create_then_destroy_makes_and_deletes_the_files(vc: Target) -> None:
     inst = vc.ctl.scenario("attached-volume")["instances"][0]
     with connect(vc) as si:
         vm = _vm(si, inst["moref"])
-        before = {d.key for d in _disks(si, vm)}
+        before = {d.key for d in virtual_disks(si, vm)}
         new = add_disk_change(
             _controller_key(si, vm), f"[{DS}]", file_operation="create", capacity_kb=4096
         )
-        info = _reconfigure(si, vm, new)
-        assert info.state == "success", info.error
-        (created,) = [d for d in _disks(si, vm) if d.key not in before]
+        task_ok(si, _reconfigure(vm, new))
+        (created,) = [d for d in virtual_disks(si, vm) if d.key not in before]
         path = created.backing.fileName
         assert path == f"[{DS}] {inst['name']}/{inst['name']}_1.vmdk"
         assert created.capacityInKB == 4096
         assert all(f in vc.ctl.files(DS) for f in _disk_files(path))
 
-        info = _reconfigure(si, vm, remove_disk_change(created, "destroy"))
-        assert info.state == "success", info.error
-        assert {d.key for d in _disks(si, vm)} == before
+        task_ok(si, _reconfigure(vm, remove_disk_change(created, "destroy")))
+        assert {d.key for d in virtual_disks(si, vm)} == before
     assert not any(f in vc.ctl.files(DS) for f in _disk_files(path))
 
 
@@ -234,14 +222,12 @@ def test_destroy_keeps_parents_that_other_chains_use(vc: Target) -> None:
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     with connect(vc) as si:
         backing = _vm(si, vol["moref"])
-        snap, _ = watch_task(si, backing.CreateSnapshot_Task("s", "", False, False))
-        assert snap.state == "success", snap.error
-        (disk,) = _disks(si, backing)
+        task_ok(si, backing.CreateSnapshot_Task("s", "", False, False))
+        (disk,) = virtual_disks(si, backing)
         delta = disk.backing.fileName
         # The snapshot still needs the base: only the delta goes.
-        info = _reconfigure(si, backing, remove_disk_change(disk, "destroy"))
-        assert info.state == "success", info.error
-        assert _disks(si, backing) == []
+        task_ok(si, _reconfigure(backing, remove_disk_change(disk, "destroy")))
+        assert virtual_disks(si, backing) == []
     files = vc.ctl.files(DS)
     assert not any(f in files for f in _disk_files(delta))
     assert all(f in files for f in _disk_files(vol["vmdk"]))
@@ -254,19 +240,13 @@ def test_swap_in_one_spec_frees_and_reuses_a_unit(vc: Target) -> None:
     other = vc.ctl.scenario("available-volume")["volumes"][0]
     with connect(vc) as si:
         vm = _vm(si, inst["moref"])
-        (disk,) = [d for d in _disks(si, vm) if d.backing.fileName == vol["vmdk"]]
+        (disk,) = [d for d in virtual_disks(si, vm) if d.backing.fileName == vol["vmdk"]]
         swap = add_disk_change(disk.controllerKey, other["vmdk"], unit=disk.unitNumber)
-        info = _reconfigure(
-            si,
-            vm,
-            remove_disk_change(disk),
-            swap,
-            **{f"volume-{vol['id']}": "", f"volume-{other['id']}": other["disk_uuid"]},
-        )
-        assert info.state == "success", info.error
-        (swapped,) = [d for d in _disks(si, vm) if d.unitNumber == disk.unitNumber]
+        extra_config = {f"volume-{vol['id']}": "", f"volume-{other['id']}": other["disk_uuid"]}
+        task_ok(si, _reconfigure(vm, remove_disk_change(disk), swap, **extra_config))
+        (swapped,) = [d for d in virtual_disks(si, vm) if d.unitNumber == disk.unitNumber]
         assert swapped.backing.fileName == other["vmdk"]
-        assert vol["vmdk"] not in {d.backing.fileName for d in _disks(si, vm)}
+        assert vol["vmdk"] not in {d.backing.fileName for d in virtual_disks(si, vm)}
         extra = {o.key: o.value for o in props(si, vm, "config.extraConfig")["config.extraConfig"]}
         assert extra.get(f"volume-{other['id']}") == other["disk_uuid"]
         assert f"volume-{vol['id']}" not in extra
@@ -280,8 +260,7 @@ def test_other_settings_go_to_the_stock_handler(vc: Target) -> None:
         spec = vim.vm.ConfigSpec(
             numCPUs=2, extraConfig=[vim.option.OptionValue(key="a", value="b")]
         )
-        info, _ = watch_task(si, vm.ReconfigVM_Task(spec))
-        assert info.state == "success", info.error
+        task_ok(si, vm.ReconfigVM_Task(spec))
         assert props(si, vm, "config.hardware.numCPU")["config.hardware.numCPU"] == 2
 
 
@@ -296,9 +275,8 @@ def test_attach_follows_a_relative_parent_hint(vc: Target, simulator: Simulator)
     assert simulator.info is not None
     with connect(vc) as si:
         backing = _vm(si, vol["moref"])
-        snap, _ = watch_task(si, backing.CreateSnapshot_Task("s", "", False, False))
-        assert snap.state == "success", snap.error
-        (delta_disk,) = _disks(si, backing)
+        task_ok(si, backing.CreateSnapshot_Task("s", "", False, False))
+        (delta_disk,) = virtual_disks(si, backing)
         delta = delta_disk.backing.fileName
         local = Path(simulator.info.root) / DS / delta.split("] ", 1)[1]
         text = local.read_text()
@@ -307,7 +285,6 @@ def test_attach_follows_a_relative_parent_hint(vc: Target, simulator: Simulator)
         local.write_text(text.replace(vol["vmdk"], base_name))
 
         vm = _vm(si, inst["moref"])
-        info = _reconfigure(si, vm, add_disk_change(_controller_key(si, vm), delta))
-        assert info.state == "success", info.error
-        (added,) = [d for d in _disks(si, vm) if d.backing.fileName == delta]
+        task_ok(si, _reconfigure(vm, add_disk_change(_controller_key(si, vm), delta)))
+        (added,) = [d for d in virtual_disks(si, vm) if d.backing.fileName == delta]
         assert added.backing.parent.fileName == vol["vmdk"]
