@@ -31,11 +31,15 @@ from vmdk_snap.types import Disk, SnapshotNode, VmInfo, datastore_of
 from vmdk_snap.workflow import ALLOW_SHARING, CHILD_MOST, temp_snapshot_name
 
 __all__ = [
+    "DEEP_CHAIN_REMEDY",
+    "MAX_DELTAS",
     "AttachedStrategy",
+    "ChainHeadroom",
     "DetachedStrategy",
     "SnapshotStrategy",
     "VolumeState",
     "WorkflowSpec",
+    "chain_headroom",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,20 +234,47 @@ class AttachedStrategy:
 # to the backing's: refuse before changing anything when that would fail.
 MAX_DELTAS = 32
 
+DEEP_CHAIN_REMEDY = (
+    "detach the volume and snapshot it as an available volume, or consolidate the "
+    "instance's disks while its volumes are detached"
+)
+"""What to do about a chain too deep for a forced snapshot (the refusal's hint, check's advice)."""
+
+
+@dataclass(frozen=True)
+class ChainHeadroom:
+    """The deepest chain a forced snapshot of a volume would add a delta to.
+
+    ``forced_snapshots_left``: how many forced snapshots the driver still
+    takes before it refuses one (0: the next one is refused).
+    """
+
+    path: str  # the deepest disk's top file
+    depth: int  # its deltas
+    forced_snapshots_left: int
+
+
+def chain_headroom(state: VolumeState) -> ChainHeadroom:
+    """The deepest of the instance's non-independent disks and the backing's disk.
+
+    The instance's root disk counts: every forced snapshot keeps a delta on
+    it, so it is usually the first to run out. Of disks equally deep, the
+    instance's first one (in device order) is named.
+    """
+    disks = [d for d in (state.instance.disks if state.instance else ()) if not d.independent]
+    deepest = max((*disks, state.backing_disk), key=lambda d: d.depth)
+    left = max(0, MAX_DELTAS - 1 - deepest.depth)
+    return ChainHeadroom(deepest.path, deepest.depth, left)
+
 
 def _refuse_deep_chains(state: VolumeState) -> None:
-    disks = [d for d in (state.instance.disks if state.instance else ()) if not d.independent]
-    deep = [(d.path, d.depth) for d in (*disks, state.backing_disk) if d.depth >= MAX_DELTAS - 1]
-    if not deep:
+    room = chain_headroom(state)
+    if room.forced_snapshots_left > 0:
         return
-    path, depth = max(deep, key=lambda pd: pd[1])
     raise InvalidState(
-        f"instance {_who(state)}'s disk chain is {depth} deltas deep ({path}); a forced "
-        f"snapshot adds one more, and vSphere allows at most {MAX_DELTAS}",
-        hint=(
-            "detach the volume and snapshot it as an available volume, or consolidate the "
-            "instance's disks while its volumes are detached, then retry"
-        ),
+        f"instance {_who(state)}'s disk chain is {room.depth} deltas deep ({room.path}); a "
+        f"forced snapshot adds one more, and vSphere allows at most {MAX_DELTAS}",
+        hint=f"{DEEP_CHAIN_REMEDY}, then retry",
     )
 
 
