@@ -18,6 +18,7 @@ from vmdk_snap.volumeops import VolumeOps
 from vmdk_snap.volumeops.lookups import tasks_in_flight
 
 __all__ = [
+    "OTHER_BACKINGS_STEPS",
     "OpsContext",
     "directory",
     "disk_json",
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Steps that reconfigure VMs besides the workflow's backing and instance: the
+# backings of the instance's other volumes (snapshot_steps.follow_other_volumes).
+OTHER_BACKINGS_STEPS = frozenset({"follow_other_volumes"})
 
 
 @dataclass
@@ -75,15 +80,43 @@ class OpsContext(Context):
         unknown to the journal, still running. So this also waits for every
         task still queued or running on the workflow's VMs (one read), so
         that the step's check, which reads vCenter, sees the final state.
+        For a step in :data:`OTHER_BACKINGS_STEPS` those VMs include the
+        backings of the instance's other volumes (:meth:`_other_backings`).
         """
         self.settled = None
         if task:
             ref = TaskRef(Moref("Task", task), f"task {task} of an interrupted workflow")
             self.settled = self._wait_quietly(ref)
         vms = [self.vm(k) for k in ("backing", "instance") if self.params.get(k)]
+        if self.step_name in OTHER_BACKINGS_STEPS and self.params.get("others"):
+            vms += self._other_backings()
         for running in tasks_in_flight(self.ops.session, vms):
             log.info("waiting for %s before checking step %s", running, self.step_name)
             self._wait_quietly(running)
+
+    def _other_backings(self) -> list[Moref]:
+        """The backings of the instance's other volumes, which a step may reconfigure.
+
+        Read from vCenter, not the journal: the dead process may have sent a
+        ReconfigVM to one of them without living to journal its task id. One
+        read of the instance (its ``volume-<id>`` keys), then one lookup per
+        other volume, the same lookups the step itself makes; only when
+        recovering such a step.
+        """
+        try:
+            instance = self.read("instance")
+        except NotFound as exc:
+            log.warning("cannot list the other volumes to wait for: %s", exc)
+            return []
+        own = f"volume-{self.params.get('volume_id')}"
+        out = []
+        for key in sorted(instance.volume_keys):
+            if key == own:
+                continue
+            ref = self.ops.find_backing(key.removeprefix("volume-"))
+            if ref is not None:
+                out.append(ref)
+        return out
 
     def _wait_quietly(self, task: TaskRef) -> bool:
         try:
