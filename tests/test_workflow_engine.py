@@ -2,7 +2,8 @@
 
 These steps are not vCenter: they exercise the engine's ordering, journaling,
 rollback and recovery rules on their own. The vCenter workflows are tested
-live in tests/test_driver_live.py and tests/test_workflow_faults.py.
+live in tests/test_driver_snapshot.py, tests/test_driver_delete_revert.py,
+tests/test_driver_guards.py and tests/test_workflow_faults.py.
 """
 
 from __future__ import annotations
