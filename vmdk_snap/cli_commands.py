@@ -179,11 +179,12 @@ def _check(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         common,
         "check",
         "Check volumes: where attached, duplicated chain, consolidationNeeded, depth, "
-        "host and datastore.",
+        "forced snapshots left, host and datastore.",
         """
         vmdk-snap check 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
         vmdk-snap check --all
         vmdk-snap check --all --json | jq '.volumes[] | select(.duplicated)'
+        vmdk-snap check --all --json | jq '.volumes[] | select(.forced_snapshots_left == 0)'
         """,
     )
     target = p.add_mutually_exclusive_group(required=True)

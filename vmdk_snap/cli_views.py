@@ -15,10 +15,19 @@ from vmdk_snap.cli_base import EXIT_OK, classify, one_line
 from vmdk_snap.driver import SnapshotResult
 from vmdk_snap.engine import Plan, RecoveryResult
 from vmdk_snap.output import Output, TreeNode, render_fields, render_table, render_tree
-from vmdk_snap.strategies import VolumeState
+from vmdk_snap.strategies import (
+    DEEP_CHAIN_REMEDY,
+    MAX_DELTAS,
+    ChainHeadroom,
+    VolumeState,
+    chain_headroom,
+)
 from vmdk_snap.types import Disk, SnapshotNode, VmInfo
 
 __all__ = [
+    "FEW_FORCED_SNAPSHOTS_LEFT",
+    "advice",
+    "advice_items",
     "check_all_text",
     "check_text",
     "error_doc",
@@ -149,6 +158,14 @@ def _vm_doc(vm: VmInfo | None, disk: Disk | None, host: str | None, ds: str | No
     }
 
 
+def _headroom_doc(state: VolumeState) -> dict[str, Any]:
+    room = chain_headroom(state)
+    return {
+        "deepest_chain": {"path": room.path, "depth": room.depth},
+        "forced_snapshots_left": _forced_left(state, room),
+    }
+
+
 def volume_doc(state: VolumeState) -> dict[str, Any]:
     """The JSON shape of one volume (``list``, ``check``, ``consolidate``)."""
     return {
@@ -162,6 +179,7 @@ def volume_doc(state: VolumeState) -> dict[str, Any]:
         "duplicated": state.duplicated,
         "consolidation_needed": state.consolidation_needed,
         "depth": state.chain_depth,
+        **_headroom_doc(state),
         "backing": _vm_doc(
             state.backing, state.backing_disk, state.backing_host, state.backing_datastore
         ),
@@ -175,13 +193,50 @@ def volume_doc(state: VolumeState) -> dict[str, Any]:
     }
 
 
-def advice(state: VolumeState) -> str | None:
-    """What the operator should do about this volume, if anything."""
+FEW_FORCED_SNAPSHOTS_LEFT = 3
+"""``check`` warns when this many forced snapshots or fewer are left before the refusal."""
+
+
+def _forced_left(state: VolumeState, room: ChainHeadroom) -> int | None:
+    """Forced snapshots left, or None when the volume is not attached (none applies)."""
+    return room.forced_snapshots_left if state.attached else None
+
+
+def _depth_advice(state: VolumeState) -> str | None:
+    room = chain_headroom(state)
+    left = _forced_left(state, room)
+    deep = f"{room.path} is {room.depth} deltas deep and vSphere allows {MAX_DELTAS}"
+    if left is None:
+        # An available volume's snapshots add deltas to its backing's disk only,
+        # and deleting one merges its delta (consolidate=True).
+        if room.forced_snapshots_left > FEW_FORCED_SNAPSHOTS_LEFT:
+            return None
+        return f"{deep}: delete old snapshots of this volume"
+    if left == 0:
+        return f"the next forced snapshot will be refused: {deep}; {DEEP_CHAIN_REMEDY}"
+    if left > FEW_FORCED_SNAPSHOTS_LEFT:
+        return None
+    plural = "" if left == 1 else "s"
+    return (
+        f"{left} forced snapshot{plural} left before they are refused: {deep} (each adds a "
+        f"delta to every disk of the instance); to make room, {DEEP_CHAIN_REMEDY}"
+    )
+
+
+def advice_items(state: VolumeState) -> list[str]:
+    """What the operator should do about this volume, most urgent first."""
+    items = []
     if state.duplicated:
-        return f"duplicated chain: run 'vmdk-snap consolidate {state.volume_id}'"
-    if state.chain_depth >= 30:
-        return f"chain depth {state.chain_depth} is near vSphere's 32: delete old snapshots"
-    return None
+        items.append(f"duplicated chain: run 'vmdk-snap consolidate {state.volume_id}'")
+    depth = _depth_advice(state)
+    if depth is not None:
+        items.append(depth)
+    return items
+
+
+def advice(state: VolumeState) -> str | None:
+    """The advice as JSON shows it: one line per item, most urgent first; None if none."""
+    return "\n".join(advice_items(state)) or None
 
 
 def _consolidation_text(state: VolumeState) -> str:
@@ -226,19 +281,23 @@ def list_text(state: VolumeState) -> str:
 
 
 def check_text(s: VolumeState) -> str:
-    return render_fields(
-        [
-            ("Volume", f"volume-{s.volume_id}"),
-            ("Status", s.status),
-            ("Attached to", _attached(s)),
-            ("Backing on", _where(s.backing_host, s.backing_datastore)),
-            ("Instance on", _where(s.instance_host, s.instance_datastore)),
-            ("Chain depth", s.chain_depth),
-            ("Duplicated chain", s.duplicated),
-            ("consolidationNeeded", _consolidation_text(s)),
-            ("Advice", advice(s) or "none: ready for snapshots"),
-        ]
-    )
+    room = chain_headroom(s)
+    fields: list[tuple[str, object]] = [
+        ("Volume", f"volume-{s.volume_id}"),
+        ("Status", s.status),
+        ("Attached to", _attached(s)),
+        ("Backing on", _where(s.backing_host, s.backing_datastore)),
+        ("Instance on", _where(s.instance_host, s.instance_datastore)),
+        ("Chain depth", s.chain_depth),
+        ("Deepest chain", f"{room.depth} deltas: {room.path}"),
+        ("Forced snapshots left", _forced_left(s, room)),
+        ("Duplicated chain", s.duplicated),
+        ("consolidationNeeded", _consolidation_text(s)),
+    ]
+    # One line per piece of advice, aligned under the first.
+    indent = " " * (max(len(k) for k, _ in fields) + 3)
+    fields.append(("Advice", f"\n{indent}".join(advice_items(s)) or "none: ready for snapshots"))
+    return render_fields(fields)
 
 
 def error_doc(volume_id: str, exc: BaseException) -> dict[str, Any]:
@@ -250,8 +309,8 @@ def error_doc(volume_id: str, exc: BaseException) -> dict[str, Any]:
 def check_all_text(states: Sequence[VolumeState], errors: Sequence[dict[str, Any]]) -> str:
     if not states and not errors:
         return "no Cinder volumes found"
-    headers = ["volume", "status", "instance", "host", "datastore", "depth", "duplicated",
-               "consolidation needed"]  # fmt: skip
+    headers = ["volume", "status", "instance", "host", "datastore", "depth", "forced left",
+               "duplicated", "consolidation needed"]  # fmt: skip
     rows = [
         [
             f"volume-{s.volume_id}",
@@ -260,15 +319,16 @@ def check_all_text(states: Sequence[VolumeState], errors: Sequence[dict[str, Any
             s.instance_host or s.backing_host,
             s.instance_datastore or s.backing_datastore,
             s.chain_depth,
+            _forced_left(s, chain_headroom(s)),
             s.duplicated,
             s.consolidation_needed,
         ]
         for s in states
     ]
     lines = [render_table(headers, rows)] if rows else []
-    lines += [f"volume-{s.volume_id}: {advice(s)}" for s in states if advice(s)]
+    lines += [f"volume-{s.volume_id}: {item}" for s in states for item in advice_items(s)]
     lines += [f"volume-{e['volume']}: cannot check: {e['message']}" for e in errors]
-    flagged = sum(1 for s in states if advice(s))
+    flagged = sum(1 for s in states if advice_items(s))
     lines.append(
         f"{len(states) + len(errors)} volumes: {flagged} need attention, "
         f"{len(errors)} could not be checked"
