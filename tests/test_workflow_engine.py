@@ -17,6 +17,7 @@ from vmdk_snap import journal as jn
 from vmdk_snap.engine import Context, Engine, Incomplete, RollbackFailed, Step, plan_of
 from vmdk_snap.errors import InvalidInput
 from vmdk_snap.journal import Journal
+from vmdk_snap.types import Moref, TaskRef
 from vmdk_snap.workflow import temp_snapshot_name, validate_snapshot_name
 
 
@@ -184,3 +185,29 @@ def test_snapshot_names_are_validated_and_temporary_names_fit() -> None:
     assert len(temp_snapshot_name(vol, long_a)) == 80
     assert temp_snapshot_name(vol, long_a) != temp_snapshot_name(vol, long_b)
     assert temp_snapshot_name(vol, long_a) == temp_snapshot_name(vol, long_a)
+
+
+def test_an_undo_task_is_journaled_on_the_step_it_undoes(journal: Journal) -> None:
+    """Recover waits for the task a dead process's undo left running: the
+    journal must name it on the undone step's row, not on the failed one's."""
+
+    def tasked(key: str) -> Step[WorldCtx]:
+        def do(ctx: WorldCtx) -> dict[str, str]:
+            if f"do:{key}" in ctx.fail:
+                raise RuntimeError(f"cannot set {key}")
+            ctx.task_started(TaskRef(Moref("Task", f"do-{key}"), f"set {key}"))
+            return {}
+
+        def undo(ctx: WorldCtx, changes: dict[str, str]) -> None:
+            ctx.task_started(TaskRef(Moref("Task", f"undo-{key}"), f"reset {key}"))
+
+        return Step(f"set_{key}", lambda _c: key, do, undo, lambda _c: None)
+
+    ctx = WorldCtx(params={}, fail={"do:b"})
+    with pytest.raises(RuntimeError, match="cannot set b"):
+        Engine[WorldCtx](journal).run("demo", "vol-1", [tasked("a"), tasked("b")], ctx)
+    (record,) = journal.workflows("vol-1")
+    assert [(s.name, s.state, s.task) for s in record.steps] == [
+        ("set_a", jn.UNDONE, "undo-a"),
+        ("set_b", jn.FAILED, None),
+    ]

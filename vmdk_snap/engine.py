@@ -220,10 +220,13 @@ class Engine(Generic[C]):
         log.info("step %s: %s", step.name, intent["describe"])
         run.ctx.step_name = step.name
 
-        def on_task(task: TaskRef) -> None:
-            self.journal.step_task(run.wf_id, index, task.ref.value)
+        run.ctx.on_task = self._task_recorder(run.wf_id, index)
 
-        run.ctx.on_task = on_task
+    def _task_recorder(self, wf_id: str, index: int) -> Callable[[TaskRef], None]:
+        def on_task(task: TaskRef) -> None:
+            self.journal.step_task(wf_id, index, task.ref.value)
+
+        return on_task
 
     def _done(self, run: _Run[C], index: int, step: Step[C], changes: Changes) -> None:
         self.journal.step_state(run.wf_id, index, jn.STEP_DONE, changes=changes)
@@ -261,6 +264,8 @@ class Engine(Generic[C]):
             changes = run.ctx.results.get(step.name, {})
             self.journal.step_state(run.wf_id, index, jn.UNDOING)
             run.ctx.step_name = f"undo {step.name}"
+            # The undo's tasks go on this step's row (recover waits for them).
+            run.ctx.on_task = self._task_recorder(run.wf_id, index)
             log.info("undo %s", step.name)
             try:
                 step.undo(run.ctx, changes)
