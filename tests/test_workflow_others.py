@@ -5,9 +5,11 @@ whose backings share the instance's files (neither was duplicated). A forced
 snapshot of ``vol-a`` gives *every* disk of the instance a new delta, so the
 step ``follow_other_volumes`` (after the point of no return) must give
 ``vol-b``'s backing its new delta, or a detach or clone of ``vol-b`` would
-read stale data. A failure or a crash there is finished forward by
-``recover``: ``vol-a``'s snapshot holds its data, ``vol-b``'s backing reads
-what the instance wrote, and no file is lost.
+read stale data. Each test also runs with a third volume attached (so the
+step makes two calls, and the failure or the crash hits the second). A
+failure or a crash there is finished forward by ``recover``: ``vol-a``'s
+snapshot holds its data, every other backing reads what the instance wrote
+to its volume, and no file is lost.
 """
 
 from __future__ import annotations
@@ -35,60 +37,109 @@ from vmdk_snap.driver import Volume
 from vmdk_snap.engine import Incomplete
 from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.journal import Journal
+from vmdk_snap.types import DiskSpec
 from vmdk_snap.volumeops.lookups import tasks_in_flight
 
 STEP = "follow_other_volumes"
 SLOW_MS = 1500  # the dead process's task still runs while recover starts
+VOLUMES = [2, 3]  # volumes attached to the instance; the first is snapshotted
 
 
-def _seed(vc: Target, ops: Any) -> dict[str, Any]:
-    """The scenario, and what the checks compare against (read before the workflow)."""
-    seeded = vc.ctl.scenario("instance-two-volumes")
+def _attach_third(vc: Target, ops: Any, seeded: dict[str, Any]) -> None:
+    """Attach one more volume to the scenario's instance, as Nova does.
+
+    Its VMDK by path on the instance's controller, ``extraConfig`` naming it;
+    the backing keeps using the same file (not duplicated).
+    """
     inst = seeded["instances"][0]
-    vol_a, vol_b = seeded["volumes"]
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    (backing,) = ops.get_vms([vm(vol["moref"])])
+    info = ops.get_vm(vm(inst["moref"]))
+    controller = info.disks[0].controller_key
+    used = {d.unit for d in info.disks if d.controller_key == controller}
+    unit = next(u for u in range(16) if u != 7 and u not in used)
+    spec = DiskSpec(
+        path=vol["vmdk"],
+        controller_key=controller,
+        unit=unit,
+        capacity_kb=backing.disks[0].capacity_kb,
+        uuid=vol["disk_uuid"],
+    )
+    ops.reconfigure_disks(
+        vm(inst["moref"]), add=[spec], extra_config={vol["name"]: vol["disk_uuid"]}
+    )
+    seeded["volumes"].append({**vol, "attached_to": inst["uuid"]})
+
+
+def _seed(vc: Target, ops: Any, volumes: int) -> dict[str, Any]:
+    """The scenario, and what the checks compare against (read before the workflow).
+
+    ``others``: the volumes besides the snapshotted one, in the order the
+    step reconfigures their backings (by their ``volume-<id>`` keys).
+    """
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    if volumes == 3:
+        _attach_third(vc, ops, seeded)
+    inst = seeded["instances"][0]
+    vol_a, *others = seeded["volumes"]
+    others.sort(key=lambda v: f"volume-{v['id']}")
     key_a = volume_disk_key(ops, vol_a, inst["moref"])
-    key_b = volume_disk_key(ops, vol_b, inst["moref"])
-    (backing_b,) = ops.get_vms([vm(vol_b["moref"])])
-    # vol-b is not duplicated: its backing uses the instance's file, so the
-    # step has a backing to reconfigure.
-    assert backing_b.disks[0].path == vc.ctl.read_disk(inst["moref"], key_b)["chain"][0]
+    keys = {v["id"]: volume_disk_key(ops, v, inst["moref"]) for v in others}
+    backings = ops.get_vms([vm(v["moref"]) for v in others])
+    files = {v["id"]: b.disks[0].path for v, b in zip(others, backings, strict=True)}
+    for v in others:
+        # Not duplicated: the backing uses the instance's file, so the step
+        # has a backing to reconfigure.
+        assert files[v["id"]] == vc.ctl.read_disk(inst["moref"], keys[v["id"]])["chain"][0]
     return {
         "seeded": seeded,
         "inst": inst,
         "vol_a": vol_a,
-        "vol_b": vol_b,
-        "key_b": key_b,
+        "others": others,
+        "keys": keys,
+        "files": files,
         "tokens_a": vc.ctl.read_disk(inst["moref"], key_a)["tokens"],
-        "tokens_b": vc.ctl.read_disk(inst["moref"], key_b)["tokens"],
+        "tokens": {
+            v["id"]: vc.ctl.read_disk(inst["moref"], keys[v["id"]])["tokens"] for v in others
+        },
         "instance_tree": snapshot_trees(ops, inst["moref"])[0],
-        "file_b": backing_b.disks[0].path,
     }
 
 
-def _backing_b(vc: Target, ops: Any, s: dict[str, Any]) -> tuple[str, list[str]]:
-    """vol-b's backing: its disk's file and the data read through it."""
-    (backing,) = ops.get_vms([vm(s["vol_b"]["moref"])])
+def _backing_of(vc: Target, ops: Any, vol: dict[str, Any]) -> tuple[str, list[str]]:
+    """A volume's backing: its disk's file and the data read through it."""
+    (backing,) = ops.get_vms([vm(vol["moref"])])
     (disk,) = backing.disks
-    return disk.path, vc.ctl.read_disk(s["vol_b"]["moref"], disk.key)["tokens"]
+    return disk.path, vc.ctl.read_disk(vol["moref"], disk.key)["tokens"]
+
+
+def _write_others(vc: Target, s: dict[str, Any], token: str) -> None:
+    """Write ``token`` through the instance to every other volume."""
+    for v in s["others"]:
+        vc.ctl.write(s["inst"]["moref"], s["keys"][v["id"]], token)
 
 
 def _assert_finished(vc: Target, ops: Any, s: dict[str, Any], *, written: list[str]) -> None:
-    """The forced snapshot of vol-a is complete and vol-b's backing follows the instance.
+    """The forced snapshot of vol-a is complete and the other backings follow the instance.
 
-    ``written``: tokens the test wrote through the instance to vol-b after
-    the snapshot; vol-b's backing must read them (why the step exists).
+    ``written``: tokens the test wrote through the instance to the other
+    volumes after the snapshot; their backings must read them (why the step
+    exists).
     """
-    inst, vol_a, vol_b = s["inst"], s["vol_a"], s["vol_b"]
-    # vol-b's backing uses the instance's current file for vol-b, its tree untouched.
-    path, tokens = _backing_b(vc, ops, s)
-    inst_b = vc.ctl.read_disk(inst["moref"], s["key_b"])
-    assert path == inst_b["chain"][0]
-    assert path != s["file_b"]  # the new delta, not the file it shared before
-    assert snapshot_trees(ops, vol_b["moref"]) == [()]
-    assert tokens == inst_b["tokens"] == [*s["tokens_b"], *written]
-    # And keeps reading what the instance writes to vol-b from now on.
-    vc.ctl.write(inst["moref"], s["key_b"], "b-after-recover")
-    assert _backing_b(vc, ops, s)[1] == [*s["tokens_b"], *written, "b-after-recover"]
+    inst, vol_a = s["inst"], s["vol_a"]
+    for v in s["others"]:
+        # The backing uses the instance's current file for its volume, its
+        # tree untouched, and reads what the instance wrote.
+        path, tokens = _backing_of(vc, ops, v)
+        on_instance = vc.ctl.read_disk(inst["moref"], s["keys"][v["id"]])
+        assert path == on_instance["chain"][0]
+        assert path != s["files"][v["id"]]  # the new delta, not the file it shared before
+        assert snapshot_trees(ops, v["moref"]) == [()]
+        assert tokens == on_instance["tokens"] == [*s["tokens"][v["id"]], *written]
+    # And they keep reading what the instance writes from now on.
+    _write_others(vc, s, "after-recover")
+    for v in s["others"]:
+        assert _backing_of(vc, ops, v)[1] == [*s["tokens"][v["id"]], *written, "after-recover"]
     # vol-a: one snapshot holding its data at the snapshot, the backing shares
     # the instance's current file, the instance's tree is as before, and
     # every file any chain references exists.
@@ -108,15 +159,50 @@ def _assert_finished(vc: Target, ops: Any, s: dict[str, Any], *, written: list[s
 
 
 @pytest.mark.live
-def test_failure_at_follow_other_volumes_is_finished_by_recover(
-    clean_sim: Target, ops: Any, tmp_path: Path
+@pytest.mark.parametrize("volumes", VOLUMES, ids=[f"{n}-volumes" for n in VOLUMES])
+def test_writes_to_other_volumes_after_the_snapshot_are_read_through_their_backings(
+    vc: Target, ops: Any, tmp_path: Path, volumes: int
 ) -> None:
-    vc = clean_sim
-    s = _seed(vc, ops)
-    inst, vol_a, vol_b = s["inst"], s["vol_a"], s["vol_b"]
+    """Why the step exists: the instance writes every volume to a new delta.
+
+    After the snapshot of vol-a each other volume's backing must read what
+    the instance writes to that volume (a Nova detach or a Cinder clone of
+    it reads through its backing), one ReconfigVM per backing.
+    """
+    s = _seed(vc, ops, volumes)
     driver = make_driver(ops, tmp_path)
-    # Only vol-b's backing: hand_over_top reconfigures vol-a's, which must pass.
-    vc.ctl.inject_fault("ReconfigVM_Task", "task", "FileLocked", match=f">{vol_b['moref']}<")
+    vc.ctl.reset_calls()
+    driver.create_snapshot(
+        Volume(s["vol_a"]["id"], "in-use", s["inst"]["uuid"]), "snapshot-1", force=True
+    )
+    # hand_over_top's one, then one per other backing.
+    assert vc.ctl.calls()["ReconfigVM_Task"] == 1 + len(s["others"])
+    (record,) = driver.journal.workflows(s["vol_a"]["id"])
+    step = record.step(STEP)
+    assert step is not None
+    assert step.changes is not None
+    followed = [name for name, _path in step.changes["followed"]]
+    assert followed == [v["name"] for v in s["others"]]
+    _write_others(vc, s, "after-snapshot")
+    _assert_finished(vc, ops, s, written=["after-snapshot"])
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("volumes", VOLUMES, ids=[f"{n}-volumes" for n in VOLUMES])
+def test_failure_at_follow_other_volumes_is_finished_by_recover(
+    clean_sim: Target, ops: Any, tmp_path: Path, volumes: int
+) -> None:
+    """The last other backing's ReconfigVM fails: Incomplete, then recover finishes it.
+
+    With three volumes the step has already given the first other backing
+    its delta when the second fails: recover keeps that and does the rest.
+    """
+    vc = clean_sim
+    s = _seed(vc, ops, volumes)
+    inst, vol_a, last = s["inst"], s["vol_a"], s["others"][-1]
+    driver = make_driver(ops, tmp_path)
+    # Only that backing: hand_over_top reconfigures vol-a's, which must pass.
+    vc.ctl.inject_fault("ReconfigVM_Task", "task", "FileLocked", match=f">{last['moref']}<")
     try:
         with pytest.raises(Incomplete, match="FileLocked"):
             driver.create_snapshot(
@@ -131,18 +217,23 @@ def test_failure_at_follow_other_volumes_is_finished_by_recover(
     assert failed.state == jn.FAILED
     assert failed.error is not None
     assert "FileLocked" in failed.error
-    # The failed call changed nothing: vol-b's backing still has the file the
-    # instance no longer writes, so a write to vol-b is not seen through it.
-    vc.ctl.write(inst["moref"], s["key_b"], "b-while-lagging")
-    assert _backing_b(vc, ops, s) == (s["file_b"], s["tokens_b"])
+    # The failed call changed nothing: that backing still has the file the
+    # instance no longer writes, so a write to its volume is not seen through
+    # it (the backings before it already follow).
+    _write_others(vc, s, "while-lagging")
+    assert _backing_of(vc, ops, last) == (s["files"][last["id"]], s["tokens"][last["id"]])
+    for v in s["others"][:-1]:
+        assert _backing_of(vc, ops, v)[1] == [*s["tokens"][v["id"]], "while-lagging"]
     # The volume cannot be snapshotted again until recover has run.
     with pytest.raises(VmdkSnapError, match="interrupted snapshot_attached workflow"):
         driver.create_snapshot(Volume(vol_a["id"], "in-use", inst["uuid"]), "x", force=True)
 
+    vc.ctl.reset_calls()
     (result,) = driver.recover()
     assert (result.workflow_id, result.outcome) == (record.id, "finished")
     assert driver.journal.unfinished() == []
-    _assert_finished(vc, ops, s, written=["b-while-lagging"])
+    assert vc.ctl.calls().get("ReconfigVM_Task", 0) == 1  # only the one that failed
+    _assert_finished(vc, ops, s, written=["while-lagging"])
 
 
 _CHILD = """
@@ -150,16 +241,20 @@ import os, signal, sys
 from pathlib import Path
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.journal import Journal
+from vmdk_snap.types import DiskSpec
 from vmdk_snap.session import Session
-url, user, ca, journal, vol, inst, die_at = sys.argv[1:]
+url, user, ca, journal, vol, inst, die_at, nth = sys.argv[1:]
 if die_at:
-    # Die the moment the journal would record the task id of step die_at:
-    # its call was sent and answered, the id is never written.
+    # Die the moment the journal would record the id of the nth task of step
+    # die_at: its call was sent and answered, the id is never written.
     record_task = Journal.step_task
+    seen = []
     def step_task(self, wf_id, index, task):
         step = next(s for s in self.get(wf_id).steps if s.index == index)
         if step.name == die_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            seen.append(task)
+            if len(seen) == int(nth):
+                os.kill(os.getpid(), signal.SIGKILL)
         record_task(self, wf_id, index, task)
     Journal.step_task = step_task
 with Session(url, user, os.environ["VMDK_SNAP_TEST_PASSWORD"], ca_file=ca) as s:
@@ -168,26 +263,33 @@ with Session(url, user, os.environ["VMDK_SNAP_TEST_PASSWORD"], ca_file=ca) as s:
 """
 
 
-def _kill_at_step(vc: Target, journal: Path, s: dict[str, Any], *, before_task_id: bool) -> None:
+def _kill_at_step(
+    vc: Target, session: Any, journal: Path, s: dict[str, Any], *, before_task_id: bool
+) -> None:
     """Run the forced snapshot of vol-a in a child process; SIGKILL it during the step.
 
-    ``before_task_id``: the child kills itself right after vol-b's
-    ReconfigVM was answered, before the journal records the task's id;
-    otherwise the test kills it once the journal shows the id. The task is
-    slow, so it still runs in vCenter when the process is gone.
+    It dies during the ReconfigVM of the last other backing (the step's nth
+    task). ``before_task_id``: the child kills itself right after that call
+    was answered, before the journal records the task's id (it holds the
+    previous backing's, or none); otherwise the test kills it once the
+    journal shows that id. The task is slow, so it still runs in vCenter
+    when the process is gone.
     """
     vc.ctl.set_task_time("ReconfigVM_Task", SLOW_MS)
     env = dict(os.environ, VMDK_SNAP_TEST_PASSWORD=vc.password)
+    nth = len(s["others"])
     die_at = STEP if before_task_id else ""
     args = [vc.url, vc.username, vc.ca_file, str(journal), s["vol_a"]["id"], s["inst"]["uuid"]]
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args, die_at], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args, die_at, str(nth)], env=env)
     try:
         if before_task_id:
             assert proc.wait(60) == -signal.SIGKILL
         else:
-            _wait_for_task_id(journal, proc)
+            _wait_for_task_ids(journal, proc, nth)
             proc.kill()  # the task goes on in vCenter; the process is gone
             proc.wait()
+        # The last backing's ReconfigVM still runs; the journal has its id or not.
+        (running,) = tasks_in_flight(session, [vm(s["others"][-1]["moref"])])
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -196,51 +298,57 @@ def _kill_at_step(vc: Target, journal: Path, s: dict[str, Any], *, before_task_i
     rec = Journal(journal).workflows()[-1].step(STEP)
     assert rec is not None
     assert rec.state == jn.STARTED
-    assert (rec.task is None) == before_task_id
+    assert (rec.task == running.ref.value) != before_task_id
+    assert (rec.task is None) == (before_task_id and nth == 1)
 
 
-def _wait_for_task_id(journal: Path, proc: subprocess.Popen[bytes]) -> None:
+def _wait_for_task_ids(journal: Path, proc: subprocess.Popen[bytes], nth: int) -> None:
+    """Until the child's journal has shown ``nth`` task ids for the step."""
+    seen: set[str] = set()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the workflow ended before the step started"
+        assert proc.poll() is None, "the workflow ended before the step's last call"
         if journal.exists():
             for record in Journal(journal).workflows():
                 rec = record.step(STEP)
                 if rec is not None and rec.state == jn.STARTED and rec.task:
-                    return
+                    seen.add(rec.task)
+        if len(seen) == nth:
+            return
         time.sleep(0.02)
-    pytest.fail(f"step {STEP} never started")
+    pytest.fail(f"step {STEP} never sent its call number {nth}")
 
 
 @pytest.mark.live
 @pytest.mark.parametrize("before_task_id", [False, True], ids=["task-journaled", "task-unknown"])
+@pytest.mark.parametrize("volumes", VOLUMES, ids=[f"{n}-volumes" for n in VOLUMES])
 def test_kill_at_follow_other_volumes_then_recover_finishes(
-    clean_sim: Target, ops: Any, session: Any, tmp_path: Path, before_task_id: bool
+    clean_sim: Target, ops: Any, tmp_path: Path, volumes: int, before_task_id: bool
 ) -> None:
-    """Killed while vol-b's backing is reconfigured: recover waits for that task.
+    """Killed while the last other backing is reconfigured: recover waits for that task.
 
-    Without the task id the journal only says the step started. Recover must
-    still wait for the ReconfigVM the dead process left running on vol-b's
-    backing (a VM other than the workflow's backing and instance) before it
-    checks the step: else it sees vol-b still lagging, sends the same
-    ReconfigVM again and reports the workflow finished while the dead
-    process's task still runs on vol-b's backing.
+    Without its task id the journal only says the step started (or holds the
+    previous backing's task). Recover must still wait for the ReconfigVM the
+    dead process left running on that backing (a VM other than the
+    workflow's backing and instance) before it checks the step: else it sees
+    the backing still lagging, sends the same ReconfigVM again and reports
+    the workflow finished while the dead process's task still runs.
     """
     vc = clean_sim
-    s = _seed(vc, ops)
-    vms = [vm(s["inst"]["moref"]), vm(s["vol_a"]["moref"]), vm(s["vol_b"]["moref"])]
+    s = _seed(vc, ops, volumes)
+    vms = [vm(v["moref"]) for v in s["seeded"]["volumes"]] + [vm(s["inst"]["moref"])]
     driver = make_driver(ops, tmp_path)
-    _kill_at_step(vc, driver.journal.path, s, before_task_id=before_task_id)
+    _kill_at_step(vc, ops.session, driver.journal.path, s, before_task_id=before_task_id)
     (interrupted,) = driver.journal.unfinished()
 
     vc.ctl.reset_calls()
     (result,) = driver.recover()
     # Nothing the dead process started is still running when recover returns,
     # and recover did not send the dead process's call a second time.
-    assert tasks_in_flight(session, vms) == []
+    assert tasks_in_flight(ops.session, vms) == []
     assert vc.ctl.calls().get("ReconfigVM_Task", 0) == 0
     assert (result.workflow_id, result.outcome) == (interrupted.id, "finished")
     assert driver.journal.unfinished() == []
     time.sleep(SLOW_MS / 1000 + 0.1)  # a task recover failed to wait for would show below
-    vc.ctl.write(s["inst"]["moref"], s["key_b"], "b-after-snapshot")
-    _assert_finished(vc, ops, s, written=["b-after-snapshot"])
+    _write_others(vc, s, "after-snapshot")
+    _assert_finished(vc, ops, s, written=["after-snapshot"])
