@@ -88,8 +88,9 @@ Crash safety: the journal records each step's intent before its call and
 every parameter a step needs (the temporary instance snapshot's name, derived
 from the volume id and the snapshot name, is among them). Each step's
 ``check`` reads vCenter's state; ``recover`` first waits for every task still
-running on the workflow's VMs, so a process killed after sending a call but
-before journaling its task id is settled like any other.
+running on the workflow's VMs (for ``follow_other_volumes`` also the other
+volumes' backings), so a process killed after sending a call but before
+journaling its task id is settled like any other.
 """
 
 from __future__ import annotations
