@@ -39,19 +39,19 @@ log = logging.getLogger(__name__)
 
 
 def sharing_vms(
-    ops: VolumeOps, instance: VmInfo, backing: Moref | None
+    ops: VolumeOps, instance: VmInfo, volume_id: str, backing: Moref
 ) -> tuple[list[VmInfo], list[str]]:
     """The backings of every volume attached to ``instance`` (one read for all),
-    and the volumes whose backing was not found."""
-    refs: list[Moref] = [] if backing is None else [backing]
+    ``backing`` being that of ``volume_id``, and the volumes whose backing was
+    not found."""
+    refs: list[Moref] = [backing]
     missing: list[str] = []
-    for key in sorted(instance.volume_keys):
-        ref = ops.find_backing(key.removeprefix("volume-"))
+    for other, ref in ops.find_volume_backings(instance, skip=volume_id).items():
         if ref is None:
-            missing.append(key)
+            missing.append(f"volume-{other}")
         elif ref not in refs:
             refs.append(ref)
-    return (ops.get_vms(refs) if refs else []), missing
+    return ops.get_vms(refs), missing
 
 
 def merge_refusal(

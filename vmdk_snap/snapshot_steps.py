@@ -24,7 +24,7 @@ from vmdk_snap.stepctx import (
     set_backing_disk,
     spec_for,
 )
-from vmdk_snap.types import Disk, VmInfo
+from vmdk_snap.types import Disk, Moref, VmInfo
 
 __all__ = [
     "follow_other_volumes",
@@ -67,7 +67,9 @@ def snapshot_instance() -> Step[OpsContext]:
         # instance's disks are on exactly their old files again.
         snap = ref_of(changes["snapshot"])
         instance = ctx.read("instance")
-        backings, missing = sharing_vms(ctx.ops, instance, ctx.vm("backing"))
+        backings, missing = sharing_vms(
+            ctx.ops, instance, ctx.params["volume_id"], ctx.vm("backing")
+        )
         disks = ctx.ops.snapshots_disks(snapshots_to_read(instance, backings))
         why = merge_refusal(instance, snap, backings, disks)
         if why is None and missing:
@@ -249,24 +251,24 @@ def _lagging_backings(ctx: OpsContext, instance: VmInfo) -> list[tuple[VmInfo, D
     (not duplicated). A backing that was already duplicated before points
     elsewhere and is left as it was. Independent disks got no delta.
     """
-    out: list[tuple[VmInfo, Disk]] = []
-    for key, uuid in sorted(instance.volume_keys.items()):
-        volume_id = key.removeprefix("volume-")
-        if volume_id == ctx.params["volume_id"]:
+    candidates: list[tuple[Moref, Disk]] = []
+    found = ctx.ops.find_volume_backings(instance, skip=ctx.params["volume_id"])
+    for volume_id, ref in found.items():
+        disk = instance.disk_by_uuid(instance.volume_keys[f"volume-{volume_id}"])
+        if disk is None or disk.independent:
             continue
-        disk = instance.disk_by_uuid(uuid)
-        if disk is None or disk.independent or len(disk.chain) < 2:
-            continue
-        ref = ctx.ops.find_backing(volume_id)
         if ref is None:
             log.warning(
                 "no backing found for volume %s of %s: left as it is", volume_id, instance.name
             )
-            continue
-        backing = ctx.ops.get_vm(ref)
-        if len(backing.disks) == 1 and backing.disks[0].path == disk.chain[1]:
-            out.append((backing, disk))
-    return out
+        elif len(disk.chain) >= 2:
+            candidates.append((ref, disk))
+    backings = ctx.ops.get_vms([ref for ref, _ in candidates]) if candidates else []
+    return [
+        (backing, disk)
+        for backing, (_, disk) in zip(backings, candidates, strict=True)
+        if len(backing.disks) == 1 and backing.disks[0].path == disk.chain[1]
+    ]
 
 
 def follow_other_volumes() -> Step[OpsContext]:

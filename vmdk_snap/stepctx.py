@@ -108,15 +108,8 @@ class OpsContext(Context):
         except NotFound as exc:
             log.warning("cannot list the other volumes to wait for: %s", exc)
             return []
-        own = f"volume-{self.params.get('volume_id')}"
-        out = []
-        for key in sorted(instance.volume_keys):
-            if key == own:
-                continue
-            ref = self.ops.find_backing(key.removeprefix("volume-"))
-            if ref is not None:
-                out.append(ref)
-        return out
+        found = self.ops.find_volume_backings(instance, skip=self.params.get("volume_id"))
+        return [ref for ref in found.values() if ref is not None]
 
     def _wait_quietly(self, task: TaskRef) -> bool:
         try:

@@ -88,6 +88,16 @@ class VolumeOps:
         vm = self.session.invoke(index, "FindByUuid", None, instance_uuid, True, True)
         return moref_of(vm) if vm is not None else None
 
+    def find_volume_backings(
+        self, instance: VmInfo, skip: str | None = None
+    ) -> dict[str, Moref | None]:
+        """The backing of each volume attached to ``instance`` but ``skip`` (a volume id).
+
+        Volume id -> backing VM, ``None`` when none is found; one lookup per volume.
+        """
+        ids = [key.removeprefix("volume-") for key in sorted(instance.volume_keys)]
+        return {v: self.find_backing(v) for v in ids if v != skip}
+
     def find_attached_instance(self, volume_id: str, backing: Moref | None = None) -> Moref | None:
         """The VM that has the volume attached, in one read across the inventory.
 
