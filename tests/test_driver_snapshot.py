@@ -16,9 +16,9 @@ import pytest
 from tests.conftest import Target
 from tests.workflow_checks import (
     assert_files_consistent,
-    assert_forced_snapshot_invariants,
     forced_snapshot,
     make_driver,
+    snapshot_checked,
     snapshot_trees,
     tree,
     vm,
@@ -74,23 +74,7 @@ def test_work_flow_2_snapshots_only_the_named_volume(vc: Target, ops: Any, tmp_p
     before_b = vc.ctl.chain(vol_b["moref"])
     tokens_b = vc.ctl.read_disk(inst["moref"], key_b)["tokens"]
 
-    inst_tree, backing_tree = snapshot_trees(ops, inst["moref"], vol_a["moref"])
-    key_a = volume_disk_key(ops, vol_a, inst["moref"])
-    tokens_a = vc.ctl.read_disk(inst["moref"], key_a)["tokens"]
-    node = driver.create_snapshot(
-        Volume(vol_a["id"], "in-use", inst["uuid"]), "snapshot-a", force=True
-    )
-    assert_forced_snapshot_invariants(
-        vc,
-        ops,
-        seeded,
-        volume=vol_a,
-        instance=inst,
-        node=node,
-        instance_tree_before=inst_tree,
-        backing_tree_before=backing_tree,
-        tokens_at_snapshot=tokens_a,
-    )
+    snapshot_checked(vc, ops, driver, seeded, volume=vol_a, name="snapshot-a")
     # The other volume's backing is untouched: same chain, same host, no snapshot.
     assert vc.ctl.chain(vol_b["moref"]) == before_b
     assert snapshot_trees(ops, vol_b["moref"]) == [()]
@@ -117,20 +101,7 @@ def test_volume_with_earlier_snapshots(vc: Target, ops: Any, tmp_path: Path) -> 
     key = volume_disk_key(ops, vol, inst["moref"])
     first = driver.create_snapshot(volume, "snapshot-1", force=True)
     vc.ctl.write(inst["moref"], key, "between")
-    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
-    inst_tree, backing_tree = snapshot_trees(ops, inst["moref"], vol["moref"])
-    second = driver.create_snapshot(volume, "snapshot-2", force=True)
-    assert_forced_snapshot_invariants(
-        vc,
-        ops,
-        seeded,
-        volume=vol,
-        instance=inst,
-        node=second,
-        instance_tree_before=inst_tree,
-        backing_tree_before=backing_tree,
-        tokens_at_snapshot=tokens,
-    )
+    snapshot_checked(vc, ops, driver, seeded, volume=vol, name="snapshot-2")
     assert vc.ctl.read_snapshot(first.ref.value, 2000)["tokens"] == [f"seed:{vol['id']}"]
 
 
@@ -151,22 +122,9 @@ def test_consolidation_of_a_volume_with_earlier_snapshots(
     assert state.duplicated
     assert len(state.stale_files) == 1  # only the old top: the rest holds snapshot-1
     (stale,) = state.stale_files
-    tokens = vc.ctl.read_disk(inst["moref"], got["key"])["tokens"]
-    inst_tree, backing_tree = snapshot_trees(ops, inst["moref"], vol["moref"])
     vc.ctl.reset_bytes_copied()
-    node = driver.create_snapshot(volume, "snapshot-2", force=True)
+    snapshot_checked(vc, ops, driver, seeded, volume=vol, name="snapshot-2")
     assert vc.ctl.bytes_copied()["total"] == 0
-    assert_forced_snapshot_invariants(
-        vc,
-        ops,
-        seeded,
-        volume=vol,
-        instance=inst,
-        node=node,
-        instance_tree_before=inst_tree,
-        backing_tree_before=backing_tree,
-        tokens_at_snapshot=tokens,
-    )
     # The stale copy is a delta; the simulator deletes deltas too, as vCenter does.
     assert stale not in vc.ctl.files(stale.split("]", 1)[0].lstrip("["))
     # The first snapshot still holds what it held, where it was.

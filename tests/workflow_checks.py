@@ -158,6 +158,43 @@ def _with_leaf(before: tuple[Any, ...], name: str) -> tuple[Any, ...]:
     return (*rest, (last, _with_leaf(children, name)))
 
 
+def snapshot_checked(
+    vc: Target,
+    ops: Any,
+    driver: Driver,
+    seeded: dict[str, Any],
+    *,
+    volume: dict[str, Any],
+    name: str,
+    quiesce: bool = False,
+) -> tuple[SnapshotNode, list[str]]:
+    """A forced snapshot of ``volume`` on the scenario's first instance, every
+    invariant checked against the state just before it.
+
+    Returns the new snapshot and the volume's tokens when it was taken.
+    """
+    inst = seeded["instances"][0]
+    key = volume_disk_key(ops, volume, inst["moref"])
+    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
+    inst_tree, backing_tree = snapshot_trees(ops, inst["moref"], volume["moref"])
+    node = driver.create_snapshot(
+        Volume(volume["id"], "in-use", inst["uuid"]), name, force=True, quiesce=quiesce
+    )
+    assert node.name == name
+    assert_forced_snapshot_invariants(
+        vc,
+        ops,
+        seeded,
+        volume=volume,
+        instance=inst,
+        node=node,
+        instance_tree_before=inst_tree,
+        backing_tree_before=backing_tree,
+        tokens_at_snapshot=tokens,
+    )
+    return node, tokens
+
+
 def forced_snapshot(
     vc: Target, ops: Any, driver: Driver, scenario: str, *, quiesce: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -169,24 +206,10 @@ def forced_snapshot(
     """
     seeded = vc.ctl.scenario(scenario)
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
-    key = volume_disk_key(ops, vol, inst["moref"])
-    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
-    inst_tree, backing_tree = snapshot_trees(ops, inst["moref"], vol["moref"])
     if quiesce:
         vc.ctl.set_tools(inst["moref"], True)
-    node = driver.create_snapshot(
-        Volume(vol["id"], "in-use", inst["uuid"]), "snapshot-1", force=True, quiesce=quiesce
+    node, tokens = snapshot_checked(
+        vc, ops, driver, seeded, volume=vol, name="snapshot-1", quiesce=quiesce
     )
-    assert node.name == "snapshot-1"
-    assert_forced_snapshot_invariants(
-        vc,
-        ops,
-        seeded,
-        volume=vol,
-        instance=inst,
-        node=node,
-        instance_tree_before=inst_tree,
-        backing_tree_before=backing_tree,
-        tokens_at_snapshot=tokens,
-    )
+    key = volume_disk_key(ops, vol, inst["moref"])
     return seeded, {"node": node, "tokens": tokens, "key": key}
