@@ -349,6 +349,31 @@ def test_kill_during_delete_or_revert_then_recover_finishes(
 # -- the instance snapshot's undo merges back only what nobody else holds ----------
 
 
+def _forced_failing(
+    vc: Target,
+    ops: Any,
+    tmp_path: Path,
+    inst: dict[str, Any],
+    vol: dict[str, Any],
+    *,
+    method: str,
+    match: str | None,
+    skip: int = 0,
+    name: str = "s1",
+) -> jn.WorkflowRecord:
+    """A forced snapshot whose ``method`` task fails (FileLocked): rolled back."""
+    vc.ctl.inject_fault(method, "task", "FileLocked", skip=skip, match=match)
+    driver = make_driver(ops, tmp_path)
+    try:
+        with pytest.raises(VmdkSnapError, match="FileLocked"):
+            driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), name, force=True)
+    finally:
+        vc.ctl.clear_faults()
+    record = driver.journal.workflows(vol["id"])[-1]
+    assert (record.state, record.params["name"]) == (jn.ROLLED_BACK, name)
+    return record
+
+
 @pytest.mark.live
 def test_rollback_keeps_the_instance_delta_when_a_backing_snapshot_holds_its_file(
     vc: Target, ops: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -369,16 +394,8 @@ def test_rollback_keeps_the_instance_delta_when_a_backing_snapshot_holds_its_fil
     assert frozen["chain"] == [vol["vmdk"]]
     instance_before = vc.ctl.read_disk(inst["moref"], key)
 
-    driver = make_driver(ops, tmp_path)
-    vc.ctl.inject_fault("CreateSnapshot_Task", "task", "FileLocked", match=f">{vol['moref']}<")
-    try:
-        with pytest.raises(VmdkSnapError, match="FileLocked"):
-            driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "s1", force=True)
-    finally:
-        vc.ctl.clear_faults()
-
-    (record,) = driver.journal.workflows(vol["id"])
-    assert record.state == jn.ROLLED_BACK
+    match = f">{vol['moref']}<"
+    _forced_failing(vc, ops, tmp_path, inst, vol, method="CreateSnapshot_Task", match=match)
     assert "a snapshot or a deeper chain holds " + vol["vmdk"] in caplog.text
     after = vc.ctl.read_disk(inst["moref"], key)
     assert after["tokens"] == instance_before["tokens"]
@@ -405,13 +422,8 @@ def test_rollback_merges_back_after_earlier_forced_snapshots(
     vc.ctl.write(inst["moref"], key, "after-s1")
     before = world(vc, ops, inst["moref"], vol["moref"])
 
-    vc.ctl.inject_fault("ReconfigVM_Task", "task", "FileLocked", match=f">{vol['moref']}<")
-    try:
-        with pytest.raises(VmdkSnapError, match="FileLocked"):
-            driver.create_snapshot(volume, "s2", force=True)
-    finally:
-        vc.ctl.clear_faults()
-
+    match = f">{vol['moref']}<"
+    _forced_failing(vc, ops, tmp_path, inst, vol, method="ReconfigVM_Task", match=match, name="s2")
     assert world(vc, ops, inst["moref"], vol["moref"]) == before
     assert_files_consistent(vc, seeded)
 
@@ -447,15 +459,7 @@ def test_failure_with_two_volumes_restores_every_vm_exactly(
     if scenario == "instance-two-volumes":
         skip = 0  # no consolidation: hand_over_top is the backing's first ReconfigVM
     match = None if whose is None else f">{(inst if whose == 'instance' else vol_a)['moref']}<"
-    vc.ctl.inject_fault(method, "task", "FileLocked", skip=skip, match=match)
-    driver = make_driver(ops, tmp_path)
-    try:
-        with pytest.raises(VmdkSnapError, match="FileLocked"):
-            driver.create_snapshot(Volume(vol_a["id"], "in-use", inst["uuid"]), "s1", force=True)
-    finally:
-        vc.ctl.clear_faults()
-    (record,) = driver.journal.workflows(vol_a["id"])
-    assert record.state == jn.ROLLED_BACK
+    record = _forced_failing(vc, ops, tmp_path, inst, vol_a, method=method, match=match, skip=skip)
     assert record.step(step) is not None
     assert world(vc, ops, *morefs) == before
     assert_files_consistent(vc, seeded)
