@@ -36,6 +36,7 @@ from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.journal import Journal
 from vmdk_snap.session import Session
 from vmdk_snap.volumeops import VolumeOps
+from vmdk_snap.volumeops.lookups import tasks_in_flight
 
 # step -> (SOAP method, which VM's moref to match, calls of it to let through)
 STEPS: dict[str, tuple[str, str | None, int]] = {
@@ -132,10 +133,16 @@ url, user, ca, journal, op, vol, inst, die_at = sys.argv[1:]
 if die_at:
     # Die the moment the journal would record the task id of step die_at:
     # its call was sent and answered, the id is never written.
+    # "undo:<step>": die in that step's undo instead; DIE_AFTER_RECORD=1:
+    # die just after the id is written.
     record_task = Journal.step_task
+    after = os.environ.get("DIE_AFTER_RECORD") == "1"
     def step_task(self, wf_id, index, task):
         step = next(s for s in self.get(wf_id).steps if s.index == index)
-        if step.name == die_at:
+        undoing = die_at == f"undo:{step.name}" and step.state == "undoing"
+        if after:
+            record_task(self, wf_id, index, task)
+        if step.name == die_at or undoing:
             os.kill(os.getpid(), signal.SIGKILL)
         record_task(self, wf_id, index, task)
     Journal.step_task = step_task
@@ -462,4 +469,51 @@ def test_failure_with_two_volumes_restores_every_vm_exactly(
     record = _forced_failing(vc, ops, tmp_path, inst, vol_a, method=method, match=match, skip=skip)
     assert record.step(step) is not None
     assert world(vc, ops, *morefs) == before
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("after_record", [True, False], ids=["task-journaled", "task-unknown"])
+def test_kill_during_the_rollback_then_recover_restores_exactly(
+    vc: Target, ops: Any, tmp_path: Path, after_record: bool
+) -> None:
+    """The backing's snapshot fails, and the process dies while the undo's
+    merge of the instance snapshot runs: recover waits for that task, then
+    finishes the rollback (the consolidation's undos too), exactly."""
+    seeded, inst, vol, before = _seed(vc, ops)
+    journal = tmp_path / "state" / "journal.sqlite"
+    vc.ctl.inject_fault("CreateSnapshot_Task", "task", "FileLocked", match=f">{vol['moref']}<")
+    vc.ctl.set_task_time("RemoveSnapshot_Task", 1500)
+    env = dict(
+        os.environ, VMDK_SNAP_TEST_PASSWORD=vc.password, DIE_AFTER_RECORD=str(int(after_record))
+    )
+    args = [vc.url, vc.username, vc.ca_file, str(journal), "snapshot", vol["id"], inst["uuid"]]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, *args, "undo:snapshot_instance"],
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        vc.ctl.clear_faults()
+        vc.ctl.reset_timing()
+    assert proc.returncode == -signal.SIGKILL
+    (record,) = Journal(journal).workflows()
+    undoing = record.step("snapshot_instance")
+    assert undoing is not None
+    assert undoing.state == jn.UNDOING
+    # The merge is still running; the journal names it only if the id was written.
+    temp = ops.get_vm(vm(inst["moref"])).snapshot_named(record.params["temp_name"])
+    assert temp is not None
+    running = [t.ref.value for t in tasks_in_flight(ops.session, [vm(inst["moref"])])]
+    assert len(running) == 1
+    assert (undoing.task == running[0]) is after_record
+
+    driver = make_driver(ops, tmp_path)
+    (result,) = driver.recover()
+    time.sleep(1.6)  # a task recover failed to wait for would show below
+    assert result.outcome == "rolled_back"
+    assert driver.journal.unfinished() == []
+    _assert_as_before(vc, ops, inst, vol, before=before)
     assert_files_consistent(vc, seeded)
