@@ -8,6 +8,7 @@ tests/test_driver_guards.py and tests/test_workflow_faults.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,6 +135,26 @@ def test_failure_after_point_of_no_return_goes_forward_on_recover(journal: Journ
     )
     assert resumed.world == {"a": "1", "b": "2", "c": "3", "d": "4"}
     assert journal.get(record.id).state == jn.DONE  # type: ignore[union-attr]
+
+
+def test_a_started_forward_only_step_fixes_the_direction(journal: Journal) -> None:
+    """Clean-up (say, deleting a stale copy) that fails or is interrupted is
+    finished forward: the steps before it are never undone, since their undo
+    could need what it deletes."""
+
+    def workflow() -> list[Step[WorldCtx]]:
+        *first, last = steps()
+        return [*first, dataclasses.replace(last, undo=None, forward_only=True)]
+
+    ctx = WorldCtx(params={}, fail={"do:d"})
+    with pytest.raises(Incomplete, match="after the point of no return"):
+        Engine[WorldCtx](journal).run("demo", "vol-1", workflow(), ctx)
+    assert ctx.world == {"a": "1", "b": "2", "c": "3"}  # nothing undone
+    (record,) = journal.unfinished()
+    assert [s.state for s in record.steps] == [jn.STEP_DONE] * 3 + [jn.FAILED]
+    resumed = WorldCtx(params={}, world=ctx.world)
+    assert Engine[WorldCtx](journal).resume(record, workflow(), resumed) == "finished"
+    assert resumed.world == {"a": "1", "b": "2", "c": "3", "d": "4"}
 
 
 @pytest.mark.parametrize("happened", [True, False])

@@ -150,6 +150,8 @@ with Session(url, user, os.environ["VMDK_SNAP_TEST_PASSWORD"], ca_file=ca) as s:
     driver = Driver(s, journal_path=Path(journal))
     if op == "snapshot":
         driver.create_snapshot(Volume(vol, "in-use", inst), "snapshot-1", force=True)
+    elif op == "consolidate":
+        driver.consolidate(Volume(vol, "in-use", inst))
     elif op == "delete":
         driver.delete_snapshot(Volume(vol, "available"), "snapshot-1")
     else:
@@ -516,4 +518,76 @@ def test_kill_during_the_rollback_then_recover_restores_exactly(
     assert result.outcome == "rolled_back"
     assert driver.journal.unfinished() == []
     _assert_as_before(vc, ops, inst, vol, before=before)
+    assert_files_consistent(vc, seeded)
+
+
+# -- the consolidate workflow on its own (`vmdk-snap consolidate`) --------------------
+
+CONSOLIDATE_STEPS = ("relocate_backing", "swap_backing_disk", "delete_stale_copy")
+
+
+def _consolidated(vc: Target, ops: Any, inst: dict[str, Any], vol: dict[str, Any]) -> None:
+    """The backing shares the instance's file, on its datastore; the old copy is gone."""
+    key = volume_disk_key(ops, vol, inst["moref"])
+    on_instance = vc.ctl.read_disk(inst["moref"], key)
+    backing = ops.get_vm(vm(vol["moref"]))
+    assert backing.disks[0].path == on_instance["chain"][0]
+    assert backing.vm_path_name.startswith("[ds-shared-2] ")
+    assert vc.ctl.read_disk(vol["moref"], backing.disks[0].key) == on_instance
+    assert vol["vmdk"] not in vc.ctl.files("ds-shared-1")
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("step", CONSOLIDATE_STEPS)
+def test_failure_during_consolidate_is_rolled_back_or_finished(
+    vc: Target, ops: Any, tmp_path: Path, step: str
+) -> None:
+    """Before the stale copy's deletion starts: rolled back exactly. Once it
+    has started the consolidation is final: recover deletes the copy."""
+    seeded, inst, vol, before = _seed(vc, ops)
+    method, whose, skip = STEPS[step]
+    match = None if whose is None else f">{vol['moref']}<"
+    vc.ctl.inject_fault(method, "task", "FileLocked", skip=skip, match=match)
+    driver = make_driver(ops, tmp_path)
+    try:
+        with pytest.raises(VmdkSnapError, match="FileLocked") as info:
+            driver.consolidate(Volume(vol["id"], "in-use", inst["uuid"]))
+    finally:
+        vc.ctl.clear_faults()
+    (record,) = driver.journal.workflows(vol["id"])
+    if step == "delete_stale_copy":
+        assert isinstance(info.value, Incomplete)
+        assert record.state == jn.RUNNING
+        (result,) = driver.recover()
+        assert result.outcome == "finished"
+        _consolidated(vc, ops, inst, vol)
+    else:
+        assert record.state == jn.ROLLED_BACK
+        _assert_as_before(vc, ops, inst, vol, before=before)
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("before_task_id", [False, True], ids=["task-journaled", "task-unknown"])
+@pytest.mark.parametrize("step", CONSOLIDATE_STEPS)
+def test_kill_during_consolidate_then_recover(
+    vc: Target, ops: Any, tmp_path: Path, step: str, before_task_id: bool
+) -> None:
+    """Killed in each step of `vmdk-snap consolidate`: recover rolls back
+    (relocate, swap) or finishes (the stale copy's deletion), never stuck."""
+    seeded, inst, vol, before = _seed(vc, ops)
+    _killed_at(
+        vc, tmp_path, step, vol["id"], inst["uuid"], before_task_id=before_task_id,
+        op="consolidate",
+    )  # fmt: skip
+    driver = make_driver(ops, tmp_path)
+    (result,) = driver.recover()
+    time.sleep(1.6)  # a task recover failed to wait for would show below
+    assert driver.journal.unfinished() == []
+    if step == "delete_stale_copy":
+        assert result.outcome == "finished"
+        _consolidated(vc, ops, inst, vol)
+    else:
+        assert result.outcome == "rolled_back"
+        _assert_as_before(vc, ops, inst, vol, before=before)
     assert_files_consistent(vc, seeded)

@@ -184,6 +184,9 @@ def delete_stale_copy() -> Step[OpsContext]:
             "of no return, when neither a VM nor any undo needs the old copy; if it fails, "
             "`vmdk-snap recover` deletes the files"
         ),
+        # Once it starts the consolidation is final: undoing the swap would
+        # re-attach files this step may already have deleted.
+        forward_only=True,
     )
 
 

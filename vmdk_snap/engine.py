@@ -16,10 +16,13 @@ A workflow is a list of :class:`Step`. Each step has
 
 Rules. A failure before any irreversible step completed undoes every
 completed step, newest first, and leaves vCenter as it was. Once an
-irreversible step has completed the workflow can only go forward: a later
-failure leaves it ``running`` in the journal and :meth:`Engine.resume`
-(``recover``) finishes it. After a crash, :meth:`Engine.resume` applies the
-same rules from the journal.
+irreversible step has completed, or a ``forward_only`` step has started
+(clean-up after the change is complete, such as deleting a stale copy: the
+steps before it must not be undone, since their undo may need what it
+deletes), the workflow can only go forward: a later failure leaves it
+``running`` in the journal and :meth:`Engine.resume` (``recover``) finishes
+it. After a crash, :meth:`Engine.resume` applies the same rules from the
+journal.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ class Step(Generic[C]):
     undo: Callable[[C, Changes], None] | None
     check: Callable[[C], Changes | None]
     undo_text: str = ""
+    forward_only: bool = False  # once started, finished forward (see the module doc)
 
     @property
     def reversible(self) -> bool:
@@ -175,10 +179,11 @@ class _Run(Generic[C]):
     steps: Sequence[Step[C]]
     ctx: C
     done: list[int] = field(default_factory=list)  # indexes of completed steps, in order
+    forward: bool = False  # a forward_only step has started
 
     @property
     def committed(self) -> bool:
-        return any(not self.steps[i].reversible for i in self.done)
+        return self.forward or any(not self.steps[i].reversible for i in self.done)
 
 
 class Engine(Generic[C]):
@@ -219,6 +224,7 @@ class Engine(Generic[C]):
         self.journal.step_started(run.wf_id, index, step.name, intent)
         log.info("step %s: %s", step.name, intent["describe"])
         run.ctx.step_name = step.name
+        run.forward = run.forward or step.forward_only
 
         run.ctx.on_task = self._task_recorder(run.wf_id, index)
 
@@ -294,6 +300,7 @@ class Engine(Generic[C]):
         by_index = {s.index: s for s in record.steps}
         for index, step in enumerate(steps):
             rec = by_index.get(index)
+            run.forward = run.forward or (rec is not None and step.forward_only)
             if rec is None or rec.state in (jn.UNDONE, jn.SKIPPED):
                 rolling_back = rolling_back or (rec is not None and rec.state == jn.UNDONE)
                 continue
