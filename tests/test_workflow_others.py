@@ -37,7 +37,9 @@ from vmdk_snap.driver import Volume
 from vmdk_snap.engine import Incomplete
 from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.journal import Journal
+from vmdk_snap.session import Session
 from vmdk_snap.types import DiskSpec
+from vmdk_snap.volumeops import VolumeOps
 from vmdk_snap.volumeops.lookups import tasks_in_flight
 
 STEP = "follow_other_volumes"
@@ -352,3 +354,35 @@ def test_kill_at_follow_other_volumes_then_recover_finishes(
     time.sleep(SLOW_MS / 1000 + 0.1)  # a task recover failed to wait for would show below
     _write_others(vc, s, "after-snapshot")
     _assert_finished(vc, ops, s, written=["after-snapshot"])
+
+
+# -- what the other volumes cost (counted exactly, never timed) ----------------------
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [("instance-two-volumes", 21), ("workflow2", 28)],
+    ids=["shared-other-volume", "work-flow-2"],
+)
+def test_cost_of_a_forced_snapshot_with_another_volume(
+    vc: Target, tmp_path: Path, scenario: str, expected: int
+) -> None:
+    """Counted from right after login, as tests/test_driver_cost.py counts the
+    one-volume budgets (16 without, 26 with consolidation). The other volume
+    adds one backing lookup and one read of its backing (the hand-over's read
+    of the instance is reused); if it shared the instance's file (not
+    duplicated) also its ReconfigVM task (3)."""
+    seeded = vc.ctl.scenario(scenario)
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    vc.ctl.set_default_task_time(0)  # every task ends within one wait
+    try:
+        with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
+            driver = make_driver(VolumeOps(session, task_timeout=60), tmp_path)
+            vc.ctl.reset_calls()
+            driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "s1", force=True)
+            calls = vc.ctl.calls()
+    finally:
+        vc.ctl.reset_timing()
+    assert sum(calls.values()) == expected, calls
+    assert calls["FindByUuid"] == 3  # backing and instance to resolve, the other backing

@@ -279,13 +279,18 @@ def follow_other_volumes() -> Step[OpsContext]:
         )
 
     def do(ctx: OpsContext) -> Changes:
-        instance = ctx.seen.get("instance") or ctx.read("instance")
+        # The hand-over read the instance after its snapshot, and removing the
+        # snapshot without consolidating moved no disk: that read is current.
+        # (Recovery, or anything unexpected, reads again.)
+        instance = ctx.seen.get("instance")
+        top = ctx.results.get("hand_over_top", {}).get("top")
+        if instance is None or top is None or instance.disk_by_path(top) is None:
+            instance = ctx.read("instance")
         others = [k for k in instance.volume_keys if k != f"volume-{ctx.params['volume_id']}"]
         if not others:
             return {"followed": []}
         done = []
-        # Read again: the instance's disks as they are now, after its snapshot.
-        for backing, disk in _lagging_backings(ctx, ctx.read("instance")):
+        for backing, disk in _lagging_backings(ctx, instance):
             current = only_disk(backing)
             ctx.run(
                 ctx.ops.start_reconfigure_disks(
