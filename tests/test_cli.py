@@ -237,11 +237,20 @@ def test_progress_bars_on_a_terminal_fed_by_task_progress(cli: Cli) -> None:
     vol = ctl.scenario("available-volume")["volumes"][0]
     ctl.set_task_time("CreateSnapshot_Task", 400)
     try:
+        ctl.reset_calls()
         shown = cli("snapshot", vol["id"], "--name", "p1", tty=True)
+        shown_calls = ctl.calls()
+        ctl.reset_calls()
         quiet = cli("snapshot", vol["id"], "--name", "p2")
+        quiet_calls = ctl.calls()
     finally:
         ctl.reset_timing()
     assert shown.code == quiet.code == 0
+    # Bars need a progress filter per task (created and destroyed: 2 round
+    # trips); with nobody to see them, the run creates only its task
+    # watcher's filter. (Waits are not compared: they depend on timing.)
+    assert (shown_calls["CreateFilter"], shown_calls["DestroyPropertyFilter"]) == (2, 1)
+    assert (quiet_calls["CreateFilter"], quiet_calls.get("DestroyPropertyFilter", 0)) == (1, 0)
     assert "[" in shown.err
     assert "100%" in shown.err
     percentages = [int(chunk.rsplit("]", 1)[1].strip(" %\n")) for chunk in
@@ -290,3 +299,27 @@ def test_consolidate_draws_progress_bars_fed_by_its_tasks(cli: Cli) -> None:
     assert steps >= {"relocate_backing", "swap_backing_disk", "delete_stale_copy"}
     again = cli("consolidate", vol["id"], "--json")
     assert again.json()["consolidated"] is False
+
+
+@pytest.mark.live
+def test_a_whole_forced_snapshot_run_costs_25_round_trips(cli: Cli) -> None:
+    """Everything one `vmdk-snap snapshot --force` sends, connect to logout:
+    the 16 of the snapshot itself (tests/test_driver_cost.py), 2 to connect
+    (RetrieveServiceContent, Login), 4 to set the task watcher up, 3 to close
+    (its collector and view, Logout). No terminal, so no progress filters."""
+    ctl = cli.target.ctl
+    seeded = ctl.scenario("attached-volume")
+    ctl.set_default_task_time(0)  # every task ends within one wait
+    try:
+        ctl.reset_calls()
+        run = cli("snapshot", seeded["volumes"][0]["id"], "--name", "s1", "--force")
+        calls = ctl.calls()
+    finally:
+        ctl.reset_timing()
+    assert run.code == 0, run.err
+    assert sum(calls.values()) == 25, calls
+    assert {m: calls[m] for m in ("RetrieveServiceContent", "Login", "Logout")} == {
+        "RetrieveServiceContent": 1,
+        "Login": 1,
+        "Logout": 1,
+    }

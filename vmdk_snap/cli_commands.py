@@ -75,7 +75,7 @@ def run_snapshot(ctx: Context) -> int:
         progress = ctx.out.progress()
         try:
             result = driver.take_snapshot(
-                volume, name, force=a.force, quiesce=a.quiesce, on_progress=progress
+                volume, name, force=a.force, quiesce=a.quiesce, on_progress=progress.listener()
             )
         finally:
             progress.close()
@@ -241,7 +241,7 @@ def run_consolidate(ctx: Context) -> int:
             )
         progress = ctx.out.progress()
         try:
-            changed = driver.consolidate(volume, on_progress=progress)
+            changed = driver.consolidate(volume, on_progress=progress.listener())
         finally:
             progress.close()
         state = driver.describe(volume)

@@ -134,6 +134,14 @@ class Progress:
                 self._stream.write(f"\r{step} [{'#' * filled}{'.' * (_BAR - filled)}] {pct:3d}%")
             self._stream.flush()
 
+    def listener(self) -> Progress | None:
+        """This bar as an ``on_progress`` callback, or ``None`` when it is not shown.
+
+        Without a listener the library waits for tasks without progress
+        filters: 2 round trips less per task.
+        """
+        return self if self.enabled else None
+
     def close(self) -> None:
         """End the current line, if a bar was drawn."""
         with self._lock:
