@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -82,22 +83,36 @@ var scenarios = map[string]scenario{
 		if err := twoVolumes(ctx, b); err != nil {
 			return err
 		}
-		return b.movedAfterWrites(&b.out.Instances[0], dsShared2)
+		return b.movedAfterWrites(&b.out.Instances[0], dsShared2, placement{})
 	},
-	// The same with one attached volume.
-	"attached-volume-moved": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
+	// The same with one attached volume. Options: volume_datastore (where
+	// the volume was created, default ds-shared-1), host (the move is also
+	// a vMotion to that host) and pool (the instance moves into a child
+	// resource pool of that name under the cluster's, created if missing).
+	"attached-volume-moved": func(ctx context.Context, s *sim, b *builder, params map[string]string) error {
+		volDS := dsShared1
+		if v := params["volume_datastore"]; v != "" {
+			if datastoreByName(v) == nil {
+				return fmt.Errorf("volume_datastore: no datastore %q (%s, %s or %s)", v, dsShared1, dsShared2, dsLocal)
+			}
+			volDS = v
+		}
 		inst, err := b.instance(ctx, host0, dsShared1, "inst")
 		if err != nil {
 			return err
 		}
-		vol, err := b.volume(ctx, dsShared1, "vol")
+		vol, err := b.volume(ctx, volDS, "vol")
 		if err != nil {
 			return err
 		}
 		if err := b.attach(ctx, inst, vol); err != nil {
 			return err
 		}
-		return b.movedAfterWrites(inst, dsShared2)
+		to, err := b.placement(ctx, params["host"], params["pool"])
+		if err != nil {
+			return err
+		}
+		return b.movedAfterWrites(inst, dsShared2, to)
 	},
 	"many-vms": func(ctx context.Context, s *sim, b *builder, params map[string]string) error {
 		count, err := strconv.Atoi(params["count"])
@@ -366,11 +381,58 @@ func (b *builder) attach(ctx context.Context, inst *seededInstance, vol *seededV
 	return nil
 }
 
+// placement is where a move puts a VM besides its datastore: nil keeps
+// its host or pool.
+type placement struct {
+	host     *types.ManagedObjectReference
+	hostName string
+	pool     *types.ManagedObjectReference
+}
+
+// placement resolves a host name and a child pool name (created under the
+// cluster's root pool when missing); empty names keep the VM's.
+func (b *builder) placement(ctx context.Context, hostName, poolName string) (placement, error) {
+	var to placement
+	if hostName != "" {
+		host, err := b.finder.HostSystem(ctx, "*/"+hostName)
+		if err != nil {
+			return to, fmt.Errorf("host: %w (%s or %s)", err, host0, host1)
+		}
+		ref := host.Reference()
+		to.host, to.hostName = &ref, hostName
+	}
+	if poolName == "" {
+		return to, nil
+	}
+	host, err := b.finder.HostSystem(ctx, "*/"+host0)
+	if err != nil {
+		return to, err
+	}
+	root, err := host.ResourcePool(ctx)
+	if err != nil {
+		return to, err
+	}
+	if mo, ok := simulator.Map.Get(root.Reference()).(*simulator.ResourcePool); ok {
+		if e := simulator.Map.FindByName(poolName, mo.ResourcePool.ResourcePool); e != nil {
+			ref := e.Reference()
+			to.pool = &ref
+			return to, nil
+		}
+	}
+	pool, err := root.Create(ctx, poolName, types.DefaultResourceConfigSpec())
+	if err != nil {
+		return to, fmt.Errorf("pool %s: %w", poolName, err)
+	}
+	ref := pool.Reference()
+	to.pool = &ref
+	return to, nil
+}
+
 // movedAfterWrites writes "pre-move:<id>" to each disk of the instance (id:
 // the volume's id for an attached volume, the instance's uuid for its root
-// disk), storage-vMotions it to ds with our relocation model, then writes
-// "post-move:<id>" to the instance's new copies.
-func (b *builder) movedAfterWrites(inst *seededInstance, ds string) error {
+// disk), storage-vMotions it to ds (and to's host and pool) with our
+// relocation model, then writes "post-move:<id>" to the instance's new copies.
+func (b *builder) movedAfterWrites(inst *seededInstance, ds string, to placement) error {
 	s := b.s
 	s.modelMu.Lock()
 	defer s.modelMu.Unlock()
@@ -405,8 +467,12 @@ func (b *builder) movedAfterWrites(inst *seededInstance, ds string) error {
 		return err
 	}
 	ref := target.Self
-	if fault := s.relocate(vm, types.VirtualMachineRelocateSpec{Datastore: &ref}); fault != nil {
+	spec := types.VirtualMachineRelocateSpec{Datastore: &ref, Host: to.host, Pool: to.pool}
+	if fault := s.relocate(vm, spec); fault != nil {
 		return fmt.Errorf("storage vMotion of %s to %s: %s", inst.Name, ds, faultMessage(fault))
+	}
+	if to.hostName != "" {
+		inst.Host = to.hostName
 	}
 	if err := write("post-move:"); err != nil {
 		return err
