@@ -18,9 +18,10 @@ import logging
 from typing import Any
 
 from vmdk_snap.engine import Changes, Step
-from vmdk_snap.errors import InvalidInput, NotFound
+from vmdk_snap.errors import InvalidInput, NotFound, VmdkSnapError
 from vmdk_snap.stepctx import OpsContext, disk_of, only_disk, ref_of, set_backing_disk, spec_for
 from vmdk_snap.types import DiskLocator, datastore_of
+from vmdk_snap.volumeops.lookups import names_of
 
 __all__ = [
     "ALLOW_SHARING",
@@ -41,6 +42,17 @@ def _named(where: dict[str, Any], key: str) -> str:
     """The name recorded for ``where[key]`` (plans look names up), else its moref."""
     name = where.get(f"{key}_name")
     return str(name) if name else str(where[key][1])
+
+
+def _names(ctx: OpsContext, where: dict[str, Any]) -> tuple[str, str]:
+    """Host and pool names for an error message (one read), else their morefs."""
+    refs = [ref_of(where["host"]), ref_of(where["pool"])]
+    try:
+        names = names_of(ctx.ops.session, refs)
+    except VmdkSnapError as exc:
+        log.info("could not read the names of %s: %s", refs, exc)
+        names = {}
+    return names.get(refs[0]) or _named(where, "host"), names.get(refs[1]) or _named(where, "pool")
 
 
 def swap_backing_disk() -> Step[OpsContext]:
@@ -107,11 +119,17 @@ def relocate_backing() -> Step[OpsContext]:
                 )
             )
         except InvalidInput as exc:
+            # Refused when the call was made (vCenter checks that the host
+            # sees every datastore the VM would use): nothing changed.
+            host, pool = _names(ctx, r)
+            old, new = k["datastore_name"], r["datastore_name"]
             raise InvalidInput(
-                f"cannot move backing {ctx.params['backing_name']} to host {_named(r, 'host')} "
-                f"while its old disk is on {k['datastore_name']}: {exc.message}",
-                hint="the instance's host must see both datastores; mount "
-                f"{k['datastore_name']} there or move the instance back",
+                f"vCenter refused to move backing {ctx.params['backing_name']} to instance "
+                f"{ctx.params['instance_name']}'s host {host} (pool {pool}, datastore {new}) "
+                f"while its old disk stays on {old}: {exc.message}; nothing was changed",
+                hint=f"host {host} must see datastore {old} as well as {new}: mount {old} on "
+                f"{host}, or vMotion instance {ctx.params['instance_name']} to a host that "
+                "sees both, then retry",
                 fault=exc.fault,
                 task=exc.task,
             ) from exc
@@ -137,8 +155,11 @@ def relocate_backing() -> Step[OpsContext]:
     def check(ctx: OpsContext) -> Changes | None:
         r = ctx.params["relocate"]
         backing = ctx.read("backing")
-        moved = backing.host == ref_of(r["host"]) and (
-            datastore_of(backing.vm_path_name) == r["datastore_name"]
+        # All three: a move may change only the pool (same host and datastore).
+        moved = (
+            backing.host == ref_of(r["host"])
+            and backing.resource_pool == ref_of(r["pool"])
+            and datastore_of(backing.vm_path_name) == r["datastore_name"]
         )
         return {"from": ctx.params["origin"]} if moved else None
 
