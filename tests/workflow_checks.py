@@ -131,13 +131,14 @@ def assert_forced_snapshot_invariants(
     # The backing has exactly one new snapshot, with the name.
     assert tree(backing_info.snapshots) == _with_leaf(backing_tree_before, node.name)
     # Backing and instance share the volume's current top file, on the
-    # instance's host and datastore.
+    # instance's host, resource pool and datastore.
     key = volume_disk_key(ops, volume, instance["moref"])
     inst_disk = next(d for d in instance_info.disks if d.key == key)
     (backing_disk,) = backing_info.disks
     assert backing_disk.path == inst_disk.path
     assert backing_disk.chain == inst_disk.chain
     assert backing_info.host == instance_info.host
+    assert backing_info.resource_pool == instance_info.resource_pool
     assert datastore_of(backing_info.vm_path_name) == datastore_of(inst_disk.path)
     # The snapshot holds the content at the moment of the snapshot ...
     held = vc.ctl.read_snapshot(node.ref.value, backing_disk.key)
