@@ -295,3 +295,11 @@ def test_refused_when_the_instance_host_cannot_see_the_old_disk(
     with pytest.raises(InvalidInput, match="ds-local-h0"):
         driver.consolidate(volume)
     assert world(vc, ops, inst["moref"], vol["moref"]) == before
+
+    # What the hint says works: with the instance back on a host that sees
+    # both datastores, the same snapshot goes through, copying nothing.
+    ops.relocate(vm(inst["moref"]), host=ops.get_vm(vm(vol["moref"])).host)
+    vc.ctl.reset_bytes_copied()
+    snapshot_checked(vc, ops, driver, seeded, volume=vol, name="snapshot-1")
+    assert vc.ctl.bytes_copied()["total"] == 0
+    assert vol["vmdk"] not in vc.ctl.files("ds-local-h0")

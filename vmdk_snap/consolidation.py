@@ -119,14 +119,16 @@ def relocate_backing() -> Step[OpsContext]:
                 )
             )
         except InvalidInput as exc:
-            # Refused when the call was made (vCenter checks that the host
-            # sees every datastore the VM would use): nothing changed.
+            # vCenter checks that the host sees every datastore the VM would
+            # use before it moves anything (the call's fault or the task's
+            # error): nothing changed.
             host, pool = _names(ctx, r)
             old, new = k["datastore_name"], r["datastore_name"]
+            why = exc.message.rstrip(".")
             raise InvalidInput(
                 f"vCenter refused to move backing {ctx.params['backing_name']} to instance "
                 f"{ctx.params['instance_name']}'s host {host} (pool {pool}, datastore {new}) "
-                f"while its old disk stays on {old}: {exc.message}; nothing was changed",
+                f"while its old disk stays on {old}: {why}; nothing was changed",
                 hint=f"host {host} must see datastore {old} as well as {new}: mount {old} on "
                 f"{host}, or vMotion instance {ctx.params['instance_name']} to a host that "
                 "sees both, then retry",
