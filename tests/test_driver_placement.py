@@ -19,6 +19,7 @@ import pytest
 from pyVmomi import vim
 
 from tests.conftest import Target
+from tests.test_workflow_faults import _killed_at
 from tests.vsphere import connect, moref, props
 from tests.workflow_checks import (
     assert_files_consistent,
@@ -33,6 +34,7 @@ from vmdk_snap import journal as jn
 from vmdk_snap.consolidation import relocate_backing
 from vmdk_snap.driver import Volume
 from vmdk_snap.errors import InvalidInput, TaskFailed
+from vmdk_snap.journal import Journal
 from vmdk_snap.stepctx import OpsContext
 from vmdk_snap.strategies import AttachedStrategy
 from vmdk_snap.types import Moref, VmInfo, datastore_of
@@ -246,6 +248,38 @@ def test_forced_snapshot_after_a_pool_only_move(vc: Target, ops: Any, tmp_path: 
     assert ops.get_vm(vm(vol["moref"])).resource_pool == pool
     # The instance's own snapshot is still there, with what it held.
     assert snapshot_trees(ops, inst["moref"]) == [(("user-snapshot", ()),)]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("task", ["succeeds", "fails"])
+def test_kill_during_a_pool_only_relocation_then_recover(
+    vc: Target, ops: Any, tmp_path: Path, clean_sim: Target, task: str
+) -> None:
+    """`vmdk-snap consolidate` killed while its pool-only relocation runs
+    (task id journaled). recover waits for the task, then reads vCenter: a
+    relocation that happened is undone (the backing back in its pool); one
+    whose task failed did not happen, and no relocation is sent back."""
+    _seeded, inst, vol, _pool, _backing = _pool_only(vc, ops)
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    if task == "fails":
+        vc.ctl.inject_fault("RelocateVM_Task", "task", "FileLocked", match=f">{vol['moref']}<")
+    vc.ctl.reset_calls()
+    _killed_at(
+        vc, tmp_path, "relocate_backing", vol["id"], inst["uuid"], before_task_id=False,
+        op="consolidate",
+    )  # fmt: skip
+    (result,) = make_driver(ops, tmp_path).recover()
+    assert result.outcome == "rolled_back"
+    (record,) = Journal(tmp_path / "state" / "journal.sqlite").workflows(vol["id"])
+    step = record.step("relocate_backing")
+    assert step is not None
+    if task == "succeeds":
+        assert step.state == jn.UNDONE
+        assert vc.ctl.calls().get("RelocateVM_Task") == 2  # the move and its undo
+    else:
+        assert step.state == jn.SKIPPED  # recover saw it had not happened
+        assert vc.ctl.calls().get("RelocateVM_Task") == 1
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
 
 
 # -- the instance's host cannot see the backing's old disk ------------------------------
