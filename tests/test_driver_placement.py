@@ -4,8 +4,10 @@ The instance was vMotioned to the other host, into a child resource pool and
 storage-vMotioned to ``ds-shared-2`` after its volume was attached (scenario
 ``attached-volume-moved`` with ``host`` and ``pool``): a forced snapshot, or
 ``consolidate`` alone, moves the backing to the instance's host, pool and
-datastore, copying nothing. A move that changes only the pool is checked
-step by step against vCenter. When the instance's host cannot see the
+datastore, copying nothing. A move that changes only the pool (the
+instance moved into a child pool and took a snapshot of its own) is checked
+step by step against vCenter, with a failing task and with a process killed
+during it. When the instance's host cannot see the
 datastore of the backing's old disk (``ds-local-h0``, mounted on the first
 host only), vCenter refuses the relocation and nothing changes.
 """
