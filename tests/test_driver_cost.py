@@ -129,3 +129,24 @@ def test_progress_is_reported_for_each_step(vc: Target, ops: Any, tmp_path: Path
     assert [s for s in dict.fromkeys(step for step, _ in seen)] == steps
     assert all(p is None or 0 <= p <= 100 for _, p in seen)
     assert any(p is not None and 0 < p < 100 for _, p in seen)  # fed by the tasks' progress
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("status", ["available", None])
+def test_snapshot_of_an_available_volume(
+    vc: Target, tmp_path: Path, quick_tasks: None, status: str | None
+) -> None:
+    """Cinder's 'available' is verified (a volume attached without Cinder
+    knowing must not be snapshotted under its instance): the same cost as
+    when the driver derives the status itself."""
+    with fresh_driver(vc, tmp_path) as driver:
+        vol = vc.ctl.scenario("available-volume")["volumes"][0]
+        vc.ctl.reset_calls()
+        driver.create_snapshot(Volume(vol["id"], status), "snapshot-1")
+        calls = vc.ctl.calls()
+        # FindByUuid, 1 read of every VM (nobody has it attached), 1 read of
+        # the backing; 1 task x 3 (start, ModifyListView, WaitForUpdatesEx);
+        # 1 read of the backing's new snapshot. 'available' cost 6 before it
+        # was verified (no read of every VM).
+        assert sum(calls.values()) == 7, calls
+        assert calls["RetrievePropertiesEx"] == 3, calls

@@ -7,18 +7,29 @@ nothing; recovery leaves a workflow whose process still runs.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import Target
-from tests.workflow_checks import make_driver, snapshot_trees, vm, volume_disk_key, world
-from vmdk_snap.driver import Volume
+from tests.workflow_checks import (
+    assert_forced_snapshot_invariants,
+    make_driver,
+    snapshot_trees,
+    vm,
+    volume_disk_key,
+    world,
+)
+from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.errors import Busy, InvalidInput, InvalidState
 from vmdk_snap.locks import VolumeLock
-from vmdk_snap.types import DiskSpec
+from vmdk_snap.session import Session
+from vmdk_snap.types import DiskSpec, SnapshotNode
+from vmdk_snap.volumeops import VolumeOps
 
 
 @pytest.mark.live
@@ -174,3 +185,137 @@ def test_plan_changes_nothing(vc: Target, ops: Any, tmp_path: Path) -> None:
     assert not plan.steps[5].reversible
     assert vol["vmdk"] in plan.steps[-1].description
     assert driver.journal.workflows() == []
+
+
+STALE = r"is 'available' in Cinder's record, but instance {uuid} \(instance-\w+\) has it attached"
+
+
+def _stale_available_call(driver: Any, op: str, volume: Volume) -> None:
+    if op == "snapshot":
+        driver.create_snapshot(volume, "snapshot-2")
+    elif op == "snapshot-forced":
+        driver.create_snapshot(volume, "snapshot-2", force=True)
+    elif op == "plan":
+        driver.plan_snapshot(volume, "snapshot-2", force=True)
+    elif op == "revert":
+        driver.revert_to_snapshot(volume, "snapshot-1")
+    elif op == "delete":
+        driver.delete_snapshot(volume, "snapshot-1")
+    else:
+        driver.consolidate(volume)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    "op", ["snapshot", "snapshot-forced", "plan", "revert", "delete", "consolidate"]
+)
+def test_available_volume_attached_in_vcenter_is_refused_and_nothing_changes(
+    vc: Target, ops: Any, tmp_path: Path, op: str
+) -> None:
+    """Cinder's record says 'available' but an instance has the volume: the
+    driver must look (one read) and refuse, not snapshot, revert, delete or
+    consolidate the backing under a running instance."""
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume-moved" if op == "consolidate" else "attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    if op in ("revert", "delete"):  # a snapshot to revert to or delete
+        vc.ctl.set_default_task_time(0)
+        try:
+            volume = Volume(vol["id"], "in-use", inst["uuid"])
+            driver.create_snapshot(volume, "snapshot-1", force=True)
+        finally:
+            vc.ctl.reset_timing()
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    journaled = driver.journal.workflows()
+    vc.ctl.reset_calls()
+    with pytest.raises(InvalidState, match=STALE.format(uuid=inst["uuid"])) as err:
+        _stale_available_call(driver, op, Volume(vol["id"], "available"))
+    counted = vc.ctl.calls()
+    assert "nothing was changed" in err.value.message
+    assert "Cinder's record is stale: check the volume's attachment" in err.value.hint
+    assert not [m for m in counted if m.endswith("_Task")], counted
+    # 1 FindByUuid of the backing, 1 read of every VM (who has it attached),
+    # 1 read of backing and instance: then refused.
+    assert sum(counted.values()) == 3, counted
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
+    assert driver.journal.workflows() == journaled
+
+
+@pytest.mark.live
+def test_available_volume_with_an_instance_uuid_is_refused(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """The caller names the instance but says 'available': refused too."""
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    vc.ctl.reset_calls()
+    with pytest.raises(InvalidState, match=STALE.format(uuid=inst["uuid"])):
+        driver.create_snapshot(Volume(vol["id"], "available", inst["uuid"]), "snapshot-1")
+    assert not [m for m in vc.ctl.calls() if m.endswith("_Task")]
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
+
+
+@pytest.mark.live
+def test_forced_snapshots_of_two_volumes_of_one_instance_at_once_run_in_turn(
+    vc: Target, ops: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consistency-group snapshot: two processes snapshot the two volumes of
+    one instance at the same moment. The second waits for the instance, so
+    their temporary instance snapshots never interleave, and both succeed."""
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    inst, vols = seeded["instances"][0], seeded["volumes"]
+    keys = [volume_disk_key(ops, v, inst["moref"]) for v in vols]
+    tokens = [vc.ctl.read_disk(inst["moref"], k)["tokens"] for k in keys]
+    inst_tree, *backing_trees = snapshot_trees(ops, inst["moref"], *(v["moref"] for v in vols))
+    # The journal exists already, as on a host where vmdk-snap ran before (two
+    # processes creating a fresh one at the same moment can meet SQLite's
+    # "database is locked" while it switches to WAL: a journal.py matter).
+    journal = make_driver(ops, tmp_path).journal.path
+    start = threading.Barrier(len(vols))
+    results: dict[int, SnapshotNode | BaseException] = {}
+
+    def snapshot(i: int) -> None:  # as a process of its own: its own session and driver
+        try:
+            with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
+                driver = Driver(VolumeOps(session, task_timeout=60), journal_path=journal)
+                volume = Volume(vols[i]["id"], "in-use", inst["uuid"])
+                start.wait(30)
+                results[i] = driver.create_snapshot(volume, f"snapshot-{i}", force=True)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            results[i] = exc
+
+    caplog.set_level(logging.INFO, logger="vmdk_snap.locks")
+    vc.ctl.set_default_task_time(300)  # each workflow lasts a few seconds: they overlap
+    try:
+        threads = [threading.Thread(target=snapshot, args=(i,)) for i in range(len(vols))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        vc.ctl.reset_timing()
+    assert not any(t.is_alive() for t in threads)
+    assert all(isinstance(r, SnapshotNode) for r in results.values()), results
+    waits = [r for r in caplog.records if "waiting up to" in r.getMessage()]
+    assert len(waits) == 1, [r.getMessage() for r in caplog.records]  # one waited its turn
+    assert snapshot_trees(ops, inst["moref"]) == [inst_tree]
+    for i, vol in enumerate(vols):
+        node = results[i]
+        assert isinstance(node, SnapshotNode)
+        assert_forced_snapshot_invariants(
+            vc,
+            ops,
+            seeded,
+            volume=vol,
+            instance=inst,
+            node=node,
+            instance_tree_before=inst_tree,
+            backing_tree_before=backing_trees[i],
+            tokens_at_snapshot=tokens[i],
+        )
+    # One after the other: the second workflow began after the first ended.
+    first, second = sorted(make_driver(ops, tmp_path).journal.workflows(), key=lambda w: w.created)
+    assert (first.state, second.state) == ("done", "done")
+    assert first.updated <= second.created

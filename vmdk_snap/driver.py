@@ -19,6 +19,17 @@ Status rules, as Cinder's: ``available`` -> snapshot the backing; ``in-use``
 -> refused unless ``force`` (then the attached workflow); any other status is
 refused. Revert only when ``available``. Deleting a snapshot that is gone is
 a logged no-op; creating a snapshot whose name exists returns the existing one.
+
+Cinder's ``available`` is checked before anything changes (snapshot, delete,
+revert, consolidate, and their plans): one read finds any VM that has the
+volume attached, and if one does the call is refused (Cinder's record is
+stale), since snapshotting or reverting the backing under a running instance
+would be wrong. :meth:`Driver.describe` takes the status as given (a read).
+
+Locks: one workflow per volume (a second gets ``Busy`` at once), and one
+workflow per instance for those that change an instance (a forced snapshot,
+a consolidation): a second one waits up to ``instance_wait`` seconds, so the
+volumes of a consistency group are snapshotted one after the other.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ from typing import Any
 from vmdk_snap.engine import Engine, Plan, RecoveryResult, plan_of
 from vmdk_snap.errors import Busy, InvalidInput, InvalidState, NotFound, VmdkSnapError
 from vmdk_snap.journal import Journal
-from vmdk_snap.locks import VolumeLock
+from vmdk_snap.locks import DEFAULT_INSTANCE_WAIT, InstanceLock, VolumeLock
 from vmdk_snap.stepctx import ref_of
 from vmdk_snap.strategies import (
     AttachedStrategy,
@@ -110,6 +121,8 @@ class Driver:
             see :func:`vmdk_snap.journal.default_journal_path`); the per-volume
             lock files live beside it.
         strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
+        instance_wait: how long (seconds) a workflow that changes an instance
+            waits for another one on the same instance before ``Busy``.
     """
 
     def __init__(
@@ -118,7 +131,9 @@ class Driver:
         *,
         journal_path: Path | None = None,
         strategies: Mapping[str, SnapshotStrategy] | None = None,
+        instance_wait: float = DEFAULT_INSTANCE_WAIT,
     ) -> None:
+        self.instance_wait = instance_wait
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
         self.journal = Journal(journal_path)
         self._engine = Engine[OpsContext](self.journal)
@@ -145,8 +160,13 @@ class Driver:
             instance_host=names.get(inst.host) if inst is not None else None,
         )
 
-    def _state(self, volume: Volume) -> VolumeState:
-        find = volume.instance_uuid is None and volume.status != AVAILABLE
+    def _state(self, volume: Volume, *, verify: bool = False) -> VolumeState:
+        """The volume as vCenter shows it.
+
+        ``verify``: also look for an instance when Cinder says ``available``
+        (one read of every VM), for calls that change vCenter.
+        """
+        find = volume.instance_uuid is None and (verify or volume.status != AVAILABLE)
         backing, instance = self.ops.resolve(volume.id, volume.instance_uuid, find_attached=find)
         if len(backing.disks) != 1:
             raise InvalidState(
@@ -155,6 +175,15 @@ class Driver:
             )
         bdisk = backing.disks[0]
         vdisk = volume_disk_of(volume.id, bdisk, instance) if instance is not None else None
+        if instance is not None and vdisk is None and find and volume.status == AVAILABLE:
+            # Only a stale ``volume-<id>`` key (detached by hand, the key left
+            # behind): no disk of the instance uses the volume's files.
+            log.warning(
+                "instance %s records volume %s but has no disk of it: taking it as available",
+                instance.name,
+                volume.id,
+            )
+            instance = None
         if instance is not None and vdisk is None:
             raise InvalidState(
                 f"instance {instance.name} has no disk for volume {volume.id}",
@@ -183,7 +212,7 @@ class Driver:
     def plan_snapshot(self, volume: Volume, name: str, *, force: bool = False) -> Plan:
         """What :meth:`create_snapshot` would do, step by step; changes nothing."""
         validate_snapshot_name(name)
-        state = self._state(volume)
+        state = self._state(volume, verify=True)
         existing = state.backing.snapshot_named(name)
         if existing is not None:
             return Plan("snapshot", volume.id, (), (f"snapshot {name} exists: nothing to do",))
@@ -192,7 +221,8 @@ class Driver:
 
     def plan_consolidate(self, volume: Volume) -> Plan:
         """What :meth:`consolidate` would do; changes nothing."""
-        state = self._state(volume)
+        state = self._state(volume, verify=True)
+        self._refuse_stale_available(state)
         if not state.duplicated:
             return Plan("consolidate", volume.id, (), ("nothing to consolidate",))
         return self._plan(volume.id, self._attached(state).consolidate(state))
@@ -263,30 +293,50 @@ class Driver:
 
         Raises:
             InvalidInput: a bad name (nothing was changed).
-            InvalidState: the status does not allow it, or in-use without force.
-            Busy: another workflow holds the volume.
+            InvalidState: the status does not allow it, in-use without force, or
+                ``available`` while an instance has the volume (nothing changed).
+            Busy: another workflow holds the volume, or the instance for longer
+                than ``instance_wait``.
             VmdkSnapError: a step failed; every completed step was undone.
         """
         validate_snapshot_name(name)
         with self._locked(volume):
-            state = self._state(volume)
+            how: dict[str, Any] = {"force": force, "quiesce": quiesce, "on_progress": on_progress}
+            state = self._state(volume, verify=True)
             existing = state.backing.snapshot_named(name)
-            if existing is not None:
-                log.info("volume %s already has snapshot %s: returning it", volume.id, name)
-                return SnapshotResult(existing, created=False)
-            strategy = self._strategy_for_snapshot(state, force)
-            spec = strategy.take(state, name, quiesce=quiesce)
-            for note in spec.notes:
-                log.info("%s", note)
-            ctx = self._run(volume.id, spec, on_progress)
-            backing = ctx.seen.get("backing") or self.ops.get_vm(state.backing.ref)
+            if existing is None and state.instance is not None:
+                self._strategy_for_snapshot(state, force)  # refused before any wait
+                with self._instance_locked(volume, state) as state:
+                    return self._take(volume, state, name, **how)
+            return self._take(volume, state, name, **how)
+
+    def _take(
+        self,
+        volume: Volume,
+        state: VolumeState,
+        name: str,
+        *,
+        force: bool,
+        quiesce: bool,
+        on_progress: Progress | None,
+    ) -> SnapshotResult:
+        existing = state.backing.snapshot_named(name)
+        if existing is not None:
+            log.info("volume %s already has snapshot %s: returning it", volume.id, name)
+            return SnapshotResult(existing, created=False)
+        strategy = self._strategy_for_snapshot(state, force)
+        spec = strategy.take(state, name, quiesce=quiesce)
+        for note in spec.notes:
+            log.info("%s", note)
+        ctx = self._run(volume.id, spec, on_progress)
+        backing = ctx.seen.get("backing") or self.ops.get_vm(state.backing.ref)
+        node = backing.snapshot_named(name)
+        if node is None:
+            backing = self.ops.get_vm(state.backing.ref)
             node = backing.snapshot_named(name)
-            if node is None:
-                backing = self.ops.get_vm(state.backing.ref)
-                node = backing.snapshot_named(name)
-            if node is None:  # pragma: no cover - the workflow checked it exists
-                raise NotFound(f"snapshot {name} vanished right after it was made")
-            return SnapshotResult(node, created=True)
+        if node is None:  # pragma: no cover - the workflow checked it exists
+            raise NotFound(f"snapshot {name} vanished right after it was made")
+        return SnapshotResult(node, created=True)
 
     def delete_snapshot(self, volume: Volume, name: str) -> bool:
         """Delete snapshot ``name``; False (a logged no-op) if it is already gone.
@@ -296,7 +346,7 @@ class Driver:
         """
         validate_snapshot_name(name)
         with self._locked(volume):
-            state = self._state(volume)
+            state = self._state(volume, verify=True)
             node = state.backing.snapshot_named(name)
             if node is None:
                 log.info("volume %s has no snapshot %s: nothing to delete", volume.id, name)
@@ -312,7 +362,7 @@ class Driver:
         """Revert the volume to snapshot ``name``; only when it is available."""
         validate_snapshot_name(name)
         with self._locked(volume):
-            state = self._state(volume)
+            state = self._state(volume, verify=True)
             self._check_status(state)
             if state.status != AVAILABLE:
                 who = state.instance.instance_uuid if state.instance else "an instance"
@@ -333,12 +383,16 @@ class Driver:
         ``on_progress(step, percent)`` is fed by vCenter's task progress.
         """
         with self._locked(volume):
-            state = self._state(volume)
-            if not state.duplicated:
-                log.info("volume %s: nothing to consolidate", volume.id)
-                return False
-            self._run(volume.id, self._attached(state).consolidate(state), on_progress)
-            return True
+            state = self._state(volume, verify=True)
+            self._refuse_stale_available(state)
+            if state.duplicated:
+                with self._instance_locked(volume, state) as state:
+                    if state.duplicated:
+                        spec = self._attached(state).consolidate(state)
+                        self._run(volume.id, spec, on_progress)
+                        return True
+            log.info("volume %s: nothing to consolidate", volume.id)
+            return False
 
     def recover(self) -> list[RecoveryResult]:
         """Finish or roll back every interrupted workflow in the journal.
@@ -386,13 +440,52 @@ class Driver:
                 )
             yield
 
+    @contextmanager
+    def _instance_locked(self, volume: Volume, state: VolumeState) -> Iterator[VolumeState]:
+        """Hold the instance's lock (after the volume's); yields the state to act on.
+
+        When another workflow held the instance first, it may have changed
+        this volume's backing (a forced snapshot of another volume hands each
+        backing the instance's new delta), so the state is read again then.
+        """
+        if state.instance is None or not state.instance.instance_uuid:
+            yield state
+            return
+        uuid = state.instance.instance_uuid
+        with InstanceLock(self.journal.directory, uuid, self.instance_wait) as lock:
+            if lock.waited:
+                log.info("instance %s is free again: reading volume %s again", uuid, volume.id)
+                state = self._state(volume, verify=True)
+                if state.instance is None or state.instance.instance_uuid != uuid:
+                    where = state.instance.instance_uuid if state.instance else "no instance"
+                    raise InvalidState(
+                        f"volume {volume.id} moved from instance {uuid} to {where} while "
+                        "waiting for another workflow on that instance; nothing was changed",
+                        hint="check the volume's attachment, then try again",
+                    )
+            yield state
+
     def _run(self, volume_id: str, spec: WorkflowSpec, on_progress: Progress | None) -> OpsContext:
         steps = build_steps(spec.kind, spec.params)
         ctx = OpsContext(params=spec.params, on_progress=on_progress, ops=self.ops)
         self._engine.run(spec.kind, volume_id, steps, ctx)
         return ctx
 
+    def _refuse_stale_available(self, state: VolumeState) -> None:
+        """Cinder says ``available`` but an instance in vCenter has the volume."""
+        inst = state.instance
+        if state.status != AVAILABLE or inst is None:
+            return
+        raise InvalidState(
+            f"volume {state.volume_id} is 'available' in Cinder's record, but instance "
+            f"{inst.instance_uuid} ({inst.name}) has it attached in vCenter; nothing was changed",
+            hint="Cinder's record is stale: check the volume's attachment (`openstack volume "
+            "show`, `nova volume-attachments`), then pass status 'in-use' with that instance "
+            "(a snapshot then needs --force), or detach the volume first",
+        )
+
     def _check_status(self, state: VolumeState) -> None:
+        self._refuse_stale_available(state)
         if state.status not in (AVAILABLE, IN_USE):
             raise InvalidState(
                 f"volume {state.volume_id} is {state.status!r}; "
