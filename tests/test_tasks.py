@@ -327,3 +327,33 @@ def test_two_sessions_wait_at_the_same_time(clean_sim: Target) -> None:
     with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
         ops = VolumeOps(session)
         assert made == {b: ops.get_vm(b).current_snapshot for b in backings}
+
+
+@pytest.mark.live
+def test_waiting_again_for_a_task_that_left_the_view_answers_at_once(
+    vc: Target, session: Session, ops: VolumeOps
+) -> None:
+    """Recovery waits again for tasks its session already saw end (the one a
+    failed undo journaled, say). Put back into the view, a finished task may
+    never be reported again, so the watcher remembers how it ended: the same
+    outcome, no round trip."""
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    vc.ctl.set_default_task_time(0)
+    try:
+        done = ops.start_create_snapshot(backing, "s1", "", memory=False, quiesce=False)
+        snap = ops.wait(done)
+        vc.ctl.inject_fault("CreateSnapshot_Task", "task", "FileLocked")
+        failed = ops.start_create_snapshot(backing, "s2", "", memory=False, quiesce=False)
+        with pytest.raises(FileLocked):
+            ops.wait(failed)
+        ops.set_extra_config(backing, {"vmdk-snap-test": "x"})  # both leave the view
+    finally:
+        vc.ctl.clear_faults()
+        vc.ctl.reset_timing()
+
+    session.reset_calls()
+    assert ops.wait(done, 5) == snap
+    with pytest.raises(FileLocked):
+        ops.wait(failed, 5)
+    assert session.calls == {}

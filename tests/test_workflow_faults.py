@@ -31,7 +31,7 @@ from tests.workflow_checks import (
 )
 from vmdk_snap import journal as jn
 from vmdk_snap.driver import Volume
-from vmdk_snap.engine import Incomplete
+from vmdk_snap.engine import Incomplete, RollbackFailed
 from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.journal import Journal
 from vmdk_snap.session import Session
@@ -590,4 +590,40 @@ def test_kill_during_consolidate_then_recover(
     else:
         assert result.outcome == "rolled_back"
         _assert_as_before(vc, ops, inst, vol, before=before)
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_a_failed_undo_is_kept_and_recover_finishes_the_rollback_exactly(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """The backing's snapshot fails, then so does the undo of the instance
+    snapshot: the user gets both errors and a hint, the journal keeps the
+    workflow, nothing else is attempted on the volume until `recover`, which
+    (the cause gone) finishes the rollback: everything exactly as before."""
+    seeded, inst, vol, before = _seed(vc, ops)
+    vc.ctl.inject_fault("CreateSnapshot_Task", "task", "FileLocked", match=f">{vol['moref']}<")
+    # Both the merge and the fallback removal without merging fail.
+    vc.ctl.inject_fault("RemoveSnapshot_Task", "task", "FileLocked", count=2)
+    driver = make_driver(ops, tmp_path)
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    try:
+        with pytest.raises(RollbackFailed) as info:
+            driver.create_snapshot(volume, "s1", force=True)
+    finally:
+        vc.ctl.clear_faults()
+    assert "undoing step snapshot_instance failed too" in str(info.value)
+    assert "vmdk-snap recover" in (info.value.hint or "")
+    (record,) = driver.journal.workflows(vol["id"])
+    assert record.state == jn.ROLLBACK_FAILED
+    undo = record.step("snapshot_instance")
+    assert undo is not None
+    assert undo.state == jn.UNDO_FAILED
+    with pytest.raises(VmdkSnapError, match="interrupted snapshot_attached workflow"):
+        driver.create_snapshot(volume, "s1", force=True)
+
+    (result,) = driver.recover()
+    assert result.outcome == "rolled_back"
+    assert driver.journal.unfinished() == []
+    _assert_as_before(vc, ops, inst, vol, before=before)
     assert_files_consistent(vc, seeded)

@@ -69,6 +69,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,7 @@ ProgressCallback = Callable[[TaskRef, int], None]
 PC = vmodl.query.PropertyCollector
 
 _DONE = ("success", "error")
+_FINAL_KEPT = 1024  # outcomes of finished tasks remembered per session
 
 
 @dataclass
@@ -128,6 +130,11 @@ class TaskWatcher:
         self._watched: set[str] = set()  # task moref values in the view
         self._finished: set[str] = set()  # returned to their waiter; dropped on the next change
         self._states: dict[str, _State] = {}
+        # Tasks that ended and left the view: their outcome never changes, and
+        # a task put back into the view may never be reported again (the
+        # collector already told this filter about it), so a later wait for it
+        # (recovery waits again for the tasks it journaled) is answered here.
+        self._final: OrderedDict[str, _State] = OrderedDict()
 
     def wait(
         self,
@@ -238,7 +245,7 @@ class TaskWatcher:
         reported: dict[str, int | None],
         on_progress: ProgressCallback,
     ) -> None:
-        seen = [(t, self._states.get(t.ref.value)) for t in tasks]
+        seen = [(t, self._state_of(t.ref.value)) for t in tasks]
         self._cond.release()
         try:
             for task, state in seen:
@@ -253,7 +260,7 @@ class TaskWatcher:
         self, tasks: Sequence[TaskRef], deadline: float, timeout: float
     ) -> list[Any] | None:
         """The results if every task is done; raise if one failed or time is up."""
-        states = [self._states.get(t.ref.value) for t in tasks]
+        states = [self._state_of(t.ref.value) for t in tasks]
         if all(s is not None and s.state in _DONE for s in states):
             self._finished.update(t.ref.value for t in tasks)
             return self._outcome(tasks)
@@ -276,7 +283,8 @@ class TaskWatcher:
     def _outcome(self, tasks: Iterable[TaskRef]) -> list[Any]:
         results = []
         for task in tasks:
-            state = self._states[task.ref.value]
+            state = self._state_of(task.ref.value)
+            assert state is not None  # settled
             if state.state == "error":
                 fault = getattr(state.error, "fault", None) or state.error
                 raise translate(fault, task=task) from (
@@ -305,7 +313,11 @@ class TaskWatcher:
         if self._view is not None and self._session_generation != self._session.generation:
             # The session logged in again: the old view and filter are gone with it.
             self._teardown(destroy=False)
-        new = [t.ref.value for t in tasks if t.ref.value not in self._watched]
+        new = [
+            t.ref.value
+            for t in tasks
+            if t.ref.value not in self._watched and t.ref.value not in self._final
+        ]
         if not new:
             return
         session = self._session
@@ -325,7 +337,7 @@ class TaskWatcher:
                 for value in drop:
                     self._watched.discard(value)
                     self._finished.discard(value)
-                    self._states.pop(value, None)
+                    self._remember(value, self._states.pop(value, None))
         except SessionRenewed:
             self._teardown(destroy=False)
             self._setup(objs)
@@ -364,6 +376,16 @@ class TaskWatcher:
             raise
         self._session_generation = generation
         self._version = ""
+
+    def _remember(self, value: str, state: _State | None) -> None:
+        if state is None or state.state not in _DONE:
+            return
+        self._final[value] = state
+        while len(self._final) > _FINAL_KEPT:
+            self._final.popitem(last=False)
+
+    def _state_of(self, value: str) -> _State | None:
+        return self._states.get(value) or self._final.get(value)
 
     def _apply_update(self, update: Any) -> None:
         self._version = update.version
