@@ -35,7 +35,7 @@ from tests.workflow_checks import (
 from vmdk_snap import journal as jn
 from vmdk_snap.consolidation import relocate_backing
 from vmdk_snap.driver import Volume
-from vmdk_snap.errors import InvalidInput, TaskFailed
+from vmdk_snap.errors import InvalidState, TaskFailed
 from vmdk_snap.journal import Journal
 from vmdk_snap.stepctx import OpsContext
 from vmdk_snap.strategies import AttachedStrategy
@@ -305,7 +305,7 @@ def test_refused_when_the_instance_host_cannot_see_the_old_disk(
     volume = Volume(vol["id"], "in-use", inst["uuid"])
 
     vc.ctl.reset_calls()
-    with pytest.raises(InvalidInput) as info:
+    with pytest.raises(InvalidState) as info:  # where the instance is: exit 4
         driver.create_snapshot(volume, "snapshot-1", force=True)
     err = info.value
     # What was refused, by names (not morefs), and what to do.
@@ -328,7 +328,7 @@ def test_refused_when_the_instance_host_cannot_see_the_old_disk(
     assert driver.journal.unfinished() == []
     assert driver.recover() == []
     # consolidate alone is refused the same way.
-    with pytest.raises(InvalidInput, match="ds-local-h0"):
+    with pytest.raises(InvalidState, match="ds-local-h0"):
         driver.consolidate(volume)
     assert world(vc, ops, inst["moref"], vol["moref"]) == before
 
@@ -339,3 +339,48 @@ def test_refused_when_the_instance_host_cannot_see_the_old_disk(
     snapshot_checked(vc, ops, driver, seeded, volume=vol, name="snapshot-1")
     assert vc.ctl.bytes_copied()["total"] == 0
     assert vol["vmdk"] not in vc.ctl.files("ds-local-h0")
+
+
+# -- a vMotion or a pool move alone (the chain is not duplicated) ----------------------
+
+
+@pytest.mark.live
+def test_forced_snapshot_after_a_vmotion_alone_moves_only_the_backing_home(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """The instance was vMotioned to host 1 (shared datastores, no storage
+    move): the volume's file is still shared, but the backing would stay on
+    host 0. The forced snapshot relocates its home (host, pool) first, with
+    its disk kept where it is: nothing is copied, every invariant holds (the
+    backing on the instance's host and pool included)."""
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    backing = ops.get_vm(vm(vol["moref"]))
+    assert backing.host is not None
+    host1 = _sibling_host(vc, backing.host, HOST1)
+    ops.relocate(vm(inst["moref"]), host=host1, pool=ops.get_host(host1).resource_pool)
+    state = driver.describe(Volume(vol["id"], "in-use", inst["uuid"]))
+    assert not state.duplicated
+    assert ops.get_vm(vm(inst["moref"])).host == host1 != backing.host
+
+    vc.ctl.reset_bytes_copied()
+    vc.ctl.reset_calls()
+    snapshot_checked(vc, ops, driver, seeded, volume=vol, name="snapshot-1")
+    assert vc.ctl.bytes_copied()["total"] == 0
+    assert vc.ctl.calls()["RelocateVM_Task"] == 1
+    moved = ops.get_vm(vm(vol["moref"]))
+    assert moved.host == host1
+    assert datastore_of(moved.vm_path_name) == datastore_of(backing.vm_path_name)
+    (record,) = driver.journal.workflows(vol["id"])
+    assert [s.name for s in record.steps][:2] == ["relocate_backing", "snapshot_instance"]
+
+
+def _sibling_host(vc: Target, host: Moref, name: str) -> Moref:
+    """The host called ``name`` in ``host``'s cluster (read with the property collector)."""
+    with connect(vc) as si:
+        cluster = props(si, moref(si, "HostSystem", host.value), "parent")["parent"]
+        for h in props(si, cluster, "host")["host"]:
+            if props(si, h, "name")["name"] == name:
+                return Moref("HostSystem", str(h._moId))
+    raise AssertionError(f"no host {name} beside {host.value}")

@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from vmdk_snap.engine import Changes, Step
-from vmdk_snap.errors import InvalidInput, NotFound, VmdkSnapError
+from vmdk_snap.errors import InvalidInput, InvalidState, NotFound, VmdkSnapError
 from vmdk_snap.stepctx import OpsContext, disk_of, only_disk, ref_of, set_backing_disk, spec_for
 from vmdk_snap.types import DiskLocator, datastore_of
 from vmdk_snap.volumeops.lookups import names_of
@@ -121,11 +121,12 @@ def relocate_backing() -> Step[OpsContext]:
         except InvalidInput as exc:
             # vCenter checks that the host sees every datastore the VM would
             # use before it moves anything (the call's fault or the task's
-            # error): nothing changed.
+            # error): nothing changed. Not the user's input but where the
+            # instance is: a wrong state (exit 4), with what to do.
             host, pool = _names(ctx, r)
             old, new = k["datastore_name"], r["datastore_name"]
             why = exc.message.rstrip(".")
-            raise InvalidInput(
+            raise InvalidState(
                 f"vCenter refused to move backing {ctx.params['backing_name']} to instance "
                 f"{ctx.params['instance_name']}'s host {host} (pool {pool}, datastore {new}) "
                 f"while its old disk stays on {old}: {why}; nothing was changed",
@@ -214,9 +215,10 @@ def delete_stale_copy() -> Step[OpsContext]:
 
 
 def consolidation_steps(params: dict[str, Any]) -> list[Step[OpsContext]]:
-    """Relocate (if needed) and swap, when the backing lags behind the instance."""
-    if not params.get("swap"):
-        return []
-    if params.get("relocate") is None:
-        return [swap_backing_disk()]
-    return [relocate_backing(), swap_backing_disk()]
+    """Relocate when the backing is elsewhere; swap when its disk lags behind the instance."""
+    steps: list[Step[OpsContext]] = []
+    if params.get("relocate") is not None:
+        steps.append(relocate_backing())
+    if params.get("swap"):
+        steps.append(swap_backing_disk())
+    return steps

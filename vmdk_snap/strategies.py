@@ -201,8 +201,9 @@ class AttachedStrategy:
                 "datastore_name": datastore_of(backing.vm_path_name),
             },
         )
-        if not state.duplicated:
-            return params
+        # The backing joins the instance's host, pool and datastore: after a
+        # storage vMotion (the chain is duplicated too), and after a vMotion or
+        # a pool move alone (then only its home moves; the disk is shared).
         target = datastore_of(disk.path)
         if (
             backing.host != instance.host
