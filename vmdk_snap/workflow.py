@@ -3,11 +3,13 @@
 Snapshot of an **attached** volume (blueprint "Support forceful snapshot of an
 attached volume", Work Flow 1)::
 
-    consolidate (only when the backing does not hold the instance's current file):
-      1. relocate_backing       (if needed) the backing's home moves to the instance's
-                                host, pool and datastore; its disk stays: nothing is copied
-      2. swap_backing_disk      the backing drops its stale disk (files kept) and
-                                attaches the instance's current VMDK
+    consolidate:
+      1. relocate_backing       (when the backing is not on the instance's host, pool and
+                                datastore: a storage vMotion, a vMotion or a pool move)
+                                the backing's home moves there; its disk stays: no copy
+      2. swap_backing_disk      (when the backing does not hold the instance's current
+                                file) it drops its stale disk (files kept) and attaches
+                                the instance's current VMDK
     snapshot:
       3. snapshot_instance      temporary snapshot of the instance (optionally quiesced):
                                 the volume's current file is frozen, writes go to a new delta
