@@ -26,7 +26,7 @@ from tests.workflow_checks import (
 )
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.errors import Busy, InvalidInput, InvalidState
-from vmdk_snap.locks import VolumeLock
+from vmdk_snap.locks import InstanceLock, VolumeLock
 from vmdk_snap.session import Session
 from vmdk_snap.types import DiskSpec, SnapshotNode
 from vmdk_snap.volumeops import VolumeOps
@@ -146,6 +146,31 @@ def test_recover_leaves_a_workflow_whose_process_is_alive(
         (result,) = driver.recover()
     assert (result.workflow_id, result.outcome) == (wf, "busy")
     assert [r.id for r in driver.journal.unfinished()] == [wf]
+
+
+@pytest.mark.live
+def test_recover_waits_for_the_instance_and_leaves_it_when_still_busy(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """Recovering a forced snapshot works on the instance: it waits for the
+    instance's lock like the workflow did, and leaves the record when the
+    workflow of another volume of that instance still holds it."""
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    driver = Driver(ops, journal_path=tmp_path / "state" / "journal.sqlite", instance_wait=0.5)
+    params = {"name": "snapshot-1", "instance": ["VirtualMachine", inst["moref"]]}
+    wf = driver.journal.begin("snapshot_attached", vol["id"], params)
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    with InstanceLock(driver.journal.directory, inst["uuid"]):  # another volume's workflow
+        vc.ctl.reset_calls()
+        (result,) = driver.recover()
+    assert (result.workflow_id, result.outcome) == (wf, "busy")
+    assert f"instance {inst['uuid']} is busy" in str(result.detail)
+    assert [r.id for r in driver.journal.unfinished()] == [wf]
+    assert not [m for m in vc.ctl.calls() if m.endswith("_Task")]
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
+    with VolumeLock(driver.journal.directory, vol["id"]) as lock:  # recover released it
+        assert lock.held
 
 
 @pytest.mark.live

@@ -399,16 +399,22 @@ class Driver:
 
         A workflow whose volume is locked by a live process is left alone
         (``busy``); one that cannot be recovered now stays in the journal
-        (``failed``) for the next try.
+        (``failed``) for the next try. A workflow on an instance (a forced
+        snapshot, a consolidation) also waits for the instance's lock, as it
+        did when it ran: one more read, of the instance's uuid.
         """
         results = []
         for record in self.journal.unfinished():
             lock = VolumeLock(self.journal.directory, record.volume)
+            instance_lock: InstanceLock | None = None
             try:
                 lock.acquire()
-            except Busy as exc:
+                instance_lock = self._lock_instance_of(record.params)
+            except VmdkSnapError as exc:
+                lock.release()
+                outcome = "busy" if isinstance(exc, Busy) else "failed"
                 results.append(
-                    RecoveryResult(record.id, record.kind, record.volume, "busy", str(exc))
+                    RecoveryResult(record.id, record.kind, record.volume, outcome, str(exc))
                 )
                 continue
             try:
@@ -423,8 +429,24 @@ class Driver:
                     RecoveryResult(record.id, record.kind, record.volume, "failed", str(exc))
                 )
             finally:
+                if instance_lock is not None:
+                    instance_lock.release()
                 lock.release()
         return results
+
+    def _lock_instance_of(self, params: Mapping[str, Any]) -> InstanceLock | None:
+        """The held lock of the instance a journaled workflow works on, if any."""
+        if not params.get("instance"):
+            return None
+        try:
+            uuid = self.ops.get_vm(ref_of(params["instance"])).instance_uuid
+        except NotFound:
+            return None  # the instance is gone: nobody else can work on it
+        if not uuid:
+            return None
+        lock = InstanceLock(self.journal.directory, uuid, self.instance_wait)
+        lock.acquire()
+        return lock
 
     # -- internals -----------------------------------------------------------------------
 
