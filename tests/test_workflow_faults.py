@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -626,4 +627,84 @@ def test_a_failed_undo_is_kept_and_recover_finishes_the_rollback_exactly(
     assert result.outcome == "rolled_back"
     assert driver.journal.unfinished() == []
     _assert_as_before(vc, ops, inst, vol, before=before)
+    assert_files_consistent(vc, seeded)
+
+
+# -- writes through the instance while the workflow runs ------------------------------
+
+
+def _write_during(
+    vc: Target, ops: Any, tmp_path: Path, *, fail_hand_over: bool
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BaseException | None]:
+    """A forced snapshot of attached-volume's volume; once the instance's
+    temporary snapshot exists (its backing's snapshot is slow), the guest
+    writes "during". Returns the scenario, the tokens before, and the error."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = volume_disk_key(ops, vol, inst["moref"])
+    start = vc.ctl.read_disk(inst["moref"], key)
+    if fail_hand_over:
+        vc.ctl.inject_fault("ReconfigVM_Task", "task", "FileLocked", match=f">{vol['moref']}<")
+    vc.ctl.set_task_time("CreateSnapshot_Task", 1500)
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            make_driver(ops, tmp_path).create_snapshot(
+                Volume(vol["id"], "in-use", inst["uuid"]), "s1", force=True
+            )
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(vc.ctl.read_disk(inst["moref"], key)["chain"]) == len(start["chain"]):
+            assert time.monotonic() < deadline, "the instance snapshot never came"
+            time.sleep(0.05)
+        vc.ctl.write(inst["moref"], key, "during")
+    finally:
+        worker.join(60)
+        vc.ctl.clear_faults()
+        vc.ctl.reset_timing()
+    assert not worker.is_alive()
+    return seeded, inst, vol, start["tokens"], outcome[0]
+
+
+@pytest.mark.live
+def test_a_write_during_the_snapshot_is_kept_but_not_in_the_snapshot(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    seeded, inst, vol, before, error = _write_during(vc, ops, tmp_path, fail_hand_over=False)
+    assert error is None
+    key = volume_disk_key(ops, vol, inst["moref"])
+    backing = ops.get_vm(vm(vol["moref"]))
+    node = backing.snapshot_named("s1")
+    assert node is not None
+    # The snapshot froze the volume when the instance's snapshot was taken.
+    assert vc.ctl.read_snapshot(node.ref.value, backing.disks[0].key)["tokens"] == before
+    # The write is in the volume, seen through the instance and the backing.
+    assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == [*before, "during"]
+    assert vc.ctl.read_disk(vol["moref"], backing.disks[0].key)["tokens"] == [*before, "during"]
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_a_write_during_a_rolled_back_snapshot_is_not_lost(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """The rollback merges the instance's temporary delta back: what the guest
+    wrote meanwhile is in the volume's file, seen through both VMs."""
+    seeded, inst, vol, before, error = _write_during(vc, ops, tmp_path, fail_hand_over=True)
+    assert isinstance(error, VmdkSnapError)
+    assert "FileLocked" in str(error)
+    key = volume_disk_key(ops, vol, inst["moref"])
+    on_instance = vc.ctl.read_disk(inst["moref"], key)
+    assert on_instance["chain"] == [vol["vmdk"]]  # merged back: the old chain exactly
+    assert on_instance["tokens"] == [*before, "during"]
+    backing = ops.get_vm(vm(vol["moref"]))
+    assert backing.snapshots == ()
+    assert vc.ctl.read_disk(vol["moref"], backing.disks[0].key) == on_instance
     assert_files_consistent(vc, seeded)

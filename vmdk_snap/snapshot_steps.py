@@ -181,7 +181,10 @@ def hand_over_top() -> Step[OpsContext]:
         if disk is None:
             raise NotFound(
                 f"instance {instance.name} no longer has the volume's file {ctx.params['frozen']}",
-                hint="the volume was detached meanwhile; run `vmdk-snap recover`",
+                hint=(
+                    "the volume was detached while it was being snapshotted; the snapshot was "
+                    "rolled back: take it again as an available volume (without --force)"
+                ),
             )
         ctx.run(
             ctx.ops.start_reconfigure_disks(
