@@ -174,6 +174,36 @@ def test_recover_waits_for_the_instance_and_leaves_it_when_still_busy(
 
 
 @pytest.mark.live
+@pytest.mark.parametrize("op", ["snapshot", "consolidate", "delete"])
+def test_a_workflow_on_a_busy_instance_waits_then_is_busy_and_changes_nothing(
+    vc: Target, ops: Any, tmp_path: Path, op: str
+) -> None:
+    """Forced snapshot, consolidation and an attached volume's deletion wait
+    for the instance's lock (another volume's workflow holds it), then give up
+    with Busy before any change; once it is free they go through."""
+    seeded = vc.ctl.scenario("attached-volume" if op == "delete" else "attached-volume-moved")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    driver = Driver(ops, journal_path=tmp_path / "state" / "journal.sqlite", instance_wait=0.5)
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    run = {
+        "snapshot": lambda: driver.create_snapshot(volume, "snapshot-2", force=True),
+        "consolidate": lambda: driver.consolidate(volume),
+        "delete": lambda: driver.delete_snapshot(volume, "snapshot-1"),
+    }[op]
+    if op == "delete":
+        driver.create_snapshot(volume, "snapshot-1", force=True)
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    with InstanceLock(driver.journal.directory, inst["uuid"]):  # as another process would
+        vc.ctl.reset_calls()
+        with pytest.raises(Busy, match=f"instance {inst['uuid']} is busy: .* for more than 0.5 s"):
+            run()
+        assert not [m for m in vc.ctl.calls() if m.endswith("_Task")]
+    assert world(vc, ops, inst["moref"], vol["moref"]) == before
+    assert run()
+    assert world(vc, ops, inst["moref"], vol["moref"]) != before
+
+
+@pytest.mark.live
 def test_plan_changes_nothing(vc: Target, ops: Any, tmp_path: Path) -> None:
     driver = make_driver(ops, tmp_path)
     seeded = vc.ctl.scenario("attached-volume-moved")

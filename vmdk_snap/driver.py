@@ -343,20 +343,29 @@ class Driver:
 
         Detached volumes: ``consolidate=True``. Attached: ``consolidate=False``,
         so nothing is merged into a file the instance uses; the files stay.
+        An attached volume's deletion also takes the instance's lock: a forced
+        snapshot of another volume of the instance reconfigures this backing.
         """
         validate_snapshot_name(name)
         with self._locked(volume):
             state = self._state(volume, verify=True)
-            node = state.backing.snapshot_named(name)
-            if node is None:
-                log.info("volume %s has no snapshot %s: nothing to delete", volume.id, name)
-                return False
-            self._check_status(state)
-            spec = self.strategies[state.status].delete(state, node)
-            for note in spec.notes:
-                log.info("%s", note)
-            self._run(volume.id, spec, None)
-            return True
+            if state.instance is not None and state.backing.snapshot_named(name) is not None:
+                self._check_status(state)  # refused before any wait
+                with self._instance_locked(volume, state) as state:
+                    return self._delete(volume, state, name)
+            return self._delete(volume, state, name)
+
+    def _delete(self, volume: Volume, state: VolumeState, name: str) -> bool:
+        node = state.backing.snapshot_named(name)
+        if node is None:
+            log.info("volume %s has no snapshot %s: nothing to delete", volume.id, name)
+            return False
+        self._check_status(state)
+        spec = self.strategies[state.status].delete(state, node)
+        for note in spec.notes:
+            log.info("%s", note)
+        self._run(volume.id, spec, None)
+        return True
 
     def revert_to_snapshot(self, volume: Volume, name: str) -> None:
         """Revert the volume to snapshot ``name``; only when it is available."""

@@ -156,7 +156,7 @@ class InstanceLock(_FileLock):
             if left <= 0:
                 raise Busy(
                     f"instance {self.instance_uuid} is busy: another vmdk-snap workflow "
-                    f"(pid {holder}) has been working on it for more than {self.timeout:.0f} s",
+                    f"(pid {holder}) has been working on it for more than {self.timeout:g} s",
                     hint="wait for it to finish, then try again (one workflow at a time "
                     "changes an instance)",
                 )
