@@ -27,8 +27,9 @@ stale), since snapshotting or reverting the backing under a running instance
 would be wrong. :meth:`Driver.describe` takes the status as given (a read).
 
 Locks: one workflow per volume (a second gets ``Busy`` at once), and one
-workflow per instance for those that change an instance (a forced snapshot,
-a consolidation): a second one waits up to ``instance_wait`` seconds, so the
+workflow per instance for those that work on an instance (a forced snapshot,
+a consolidation, deleting an attached volume's snapshot, and their recovery):
+a second one waits up to ``instance_wait`` seconds, so the
 volumes of a consistency group are snapshotted one after the other.
 """
 
