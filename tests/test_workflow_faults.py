@@ -708,3 +708,31 @@ def test_a_write_during_a_rolled_back_snapshot_is_not_lost(
     assert backing.snapshots == ()
     assert vc.ctl.read_disk(vol["moref"], backing.disks[0].key) == on_instance
     assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_rollback_sees_a_volume_attached_without_novas_key(
+    vc: Target, ops: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The instance's second volume was attached by hand (no ``volume-<id>``
+    key) and its backing has a snapshot taken while it shared the instance's
+    file. The guard finds that backing by the file, not by the key, and keeps
+    the delta: the hand-made snapshot keeps its data."""
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    inst = seeded["instances"][0]
+    vol_a, vol_b = seeded["volumes"]
+    key_b = volume_disk_key(ops, vol_b, inst["moref"])
+    ops.set_extra_config(vm(inst["moref"]), {f"volume-{vol_b['id']}": ""})  # "" removes it
+    assert f"volume-{vol_b['id']}" not in ops.get_vm(vm(inst["moref"])).volume_keys
+    by_hand = ops.create_snapshot(vm(vol_b["moref"]), "by-hand")
+    bkey = ops.get_vm(vm(vol_b["moref"])).disks[0].key
+    frozen = vc.ctl.read_snapshot(by_hand.value, bkey)
+    assert frozen["chain"] == [vol_b["vmdk"]]
+
+    match = f">{vol_a['moref']}<"
+    _forced_failing(vc, ops, tmp_path, inst, vol_a, method="CreateSnapshot_Task", match=match)
+
+    assert "a snapshot or a deeper chain holds " + vol_b["vmdk"] in caplog.text
+    vc.ctl.write(inst["moref"], key_b, "after-rollback")
+    assert vc.ctl.read_snapshot(by_hand.value, bkey) == frozen
+    assert_files_consistent(vc, seeded)

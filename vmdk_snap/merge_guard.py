@@ -13,16 +13,20 @@ backing uses. So the merge is chosen only when it is known to be harmless:
   children (nothing was stacked on it meanwhile);
 - for each of its disks, the instance's current chain is exactly the frozen
   file's chain with one delta on top;
-- no snapshot of the instance or of the backing of any of its volumes holds a
-  frozen file or a delta, no backing's current chain has one below its top,
-  and no backing uses a delta (which the merge deletes). A backing whose top
-  *is* a frozen file shares the volume with the instance: merging the
+- no snapshot of the instance or of another VM that may share its files
+  holds a frozen file or a delta, no such VM's current chain has one below
+  its top, and none uses a delta (which the merge deletes). A backing whose
+  top *is* a frozen file shares the volume with the instance: merging the
   instance's writes into it is what the volume's content was before.
 
-These are the VMs that share an instance's disk files in Cinder's model
-(clones of a volume snapshot share files its backing's snapshot holds).
-Otherwise the snapshot is removed with ``consolidate=False``: every file
-stays, the instance's disks stay on one more delta (data unchanged).
+The VMs looked at (:func:`sharing_vms`): the backings of the instance's
+volumes, found by Nova's keys, and every VM whose current chains use one of
+the instance's files (one read across the inventory: a volume attached by
+hand without the key, a clone). Not seen: a VM whose *snapshot* alone holds
+such a file while its current chain does not (a backing reverted to an older
+snapshot and found by no key). Otherwise the snapshot is removed with
+``consolidate=False``: every file stays, the instance's disks stay on one
+more delta (data unchanged).
 """
 
 from __future__ import annotations
@@ -41,15 +45,24 @@ log = logging.getLogger(__name__)
 def sharing_vms(
     ops: VolumeOps, instance: VmInfo, volume_id: str, backing: Moref
 ) -> tuple[list[VmInfo], list[str]]:
-    """The backings of every volume attached to ``instance`` (one read for all),
-    ``backing`` being that of ``volume_id``, and the volumes whose backing was
-    not found."""
+    """The VMs that may hold the instance's files, read in one call, and the
+    volumes whose backing was not found.
+
+    The backings of its volumes (``backing`` being that of ``volume_id``; the
+    others by Nova's ``volume-<id>`` keys) and any other VM whose current
+    chains use one of the instance's files (a volume attached by hand, without
+    the key, or a clone: one read across the inventory).
+    """
     refs: list[Moref] = [backing]
     missing: list[str] = []
     for other, ref in ops.find_volume_backings(instance, skip=volume_id).items():
         if ref is None:
             missing.append(f"volume-{other}")
         elif ref not in refs:
+            refs.append(ref)
+    files = {p for d in instance.disks for p in d.chain}
+    for ref in ops.find_vms_using(files):
+        if ref != instance.ref and ref not in refs:
             refs.append(ref)
     return ops.get_vms(refs), missing
 

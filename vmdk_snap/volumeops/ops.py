@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pyVmomi import VmomiSupport, vim
@@ -97,6 +97,23 @@ class VolumeOps:
         """
         ids = [key.removeprefix("volume-") for key in sorted(instance.volume_keys)]
         return {v: self.find_backing(v) for v in ids if v != skip}
+
+    def find_vms_using(self, paths: Iterable[str]) -> list[Moref]:
+        """Every VM whose current disk chains use one of these files, in one read.
+
+        The read covers the whole inventory (``config.hardware.device`` of
+        every VM): for rare paths such as a rollback, not for every operation.
+        """
+        wanted = set(paths)
+        devices = "config.hardware.device"
+        vms = retrieve(
+            self.session, [vms_under_root(self.session)], {vim.VirtualMachine: [devices]}
+        )
+        return sorted(
+            vm.ref
+            for vm in vms
+            if any(wanted.intersection(d.chain) for d in disks_of(vm.props.get(devices)))
+        )
 
     def find_attached_instance(self, volume_id: str, backing: Moref | None = None) -> Moref | None:
         """The VM that has the volume attached, in one read across the inventory.
