@@ -57,7 +57,7 @@ from vmdk_snap.strategies import (
     stale_files,
     volume_disk_of,
 )
-from vmdk_snap.types import SnapshotNode, datastore_of
+from vmdk_snap.types import SnapshotNode, VmInfo, datastore_of
 from vmdk_snap.volumeops import VolumeOps
 from vmdk_snap.volumeops.lookups import names_of
 from vmdk_snap.workflow import OpsContext, build_steps, validate_snapshot_name
@@ -78,6 +78,9 @@ AVAILABLE = "available"
 IN_USE = "in-use"
 
 Progress = Callable[[str, "int | None"], None]
+
+# The journal key of the instance a workflow works on (its lock's name).
+INSTANCE_UUID = "instance_uuid"
 
 
 @dataclass(frozen=True)
@@ -329,7 +332,7 @@ class Driver:
         spec = strategy.take(state, name, quiesce=quiesce)
         for note in spec.notes:
             log.info("%s", note)
-        ctx = self._run(volume.id, spec, on_progress)
+        ctx = self._run(volume.id, spec, on_progress, state.instance)
         backing = ctx.seen.get("backing") or self.ops.get_vm(state.backing.ref)
         node = backing.snapshot_named(name)
         if node is None:
@@ -365,7 +368,7 @@ class Driver:
         spec = self.strategies[state.status].delete(state, node)
         for note in spec.notes:
             log.info("%s", note)
-        self._run(volume.id, spec, None)
+        self._run(volume.id, spec, None, state.instance)
         return True
 
     def revert_to_snapshot(self, volume: Volume, name: str) -> None:
@@ -399,7 +402,7 @@ class Driver:
                 with self._instance_locked(volume, state) as state:
                     if state.duplicated:
                         spec = self._attached(state).consolidate(state)
-                        self._run(volume.id, spec, on_progress)
+                        self._run(volume.id, spec, on_progress, state.instance)
                         return True
             log.info("volume %s: nothing to consolidate", volume.id)
             return False
@@ -410,8 +413,8 @@ class Driver:
         A workflow whose volume is locked by a live process is left alone
         (``busy``); one that cannot be recovered now stays in the journal
         (``failed``) for the next try. A workflow on an instance (a forced
-        snapshot, a consolidation) also waits for the instance's lock, as it
-        did when it ran: one more read, of the instance's uuid.
+        snapshot, a consolidation, an attached volume's deletion) also waits
+        for the instance's lock, as it did when it ran (the journal names it).
         """
         results = []
         for record in self.journal.unfinished():
@@ -446,12 +449,12 @@ class Driver:
 
     def _lock_instance_of(self, params: Mapping[str, Any]) -> InstanceLock | None:
         """The held lock of the instance a journaled workflow works on, if any."""
-        if not params.get("instance"):
-            return None
-        try:
-            uuid = self.ops.get_vm(ref_of(params["instance"])).instance_uuid
-        except NotFound:
-            return None  # the instance is gone: nobody else can work on it
+        uuid = params.get(INSTANCE_UUID)
+        if not uuid and params.get("instance"):  # journaled before the uuid was
+            try:
+                uuid = self.ops.get_vm(ref_of(params["instance"])).instance_uuid
+            except NotFound:
+                return None  # the instance is gone: nobody else can work on it
         if not uuid:
             return None
         lock = InstanceLock(self.journal.directory, uuid, self.instance_wait)
@@ -497,9 +500,19 @@ class Driver:
                     )
             yield state
 
-    def _run(self, volume_id: str, spec: WorkflowSpec, on_progress: Progress | None) -> OpsContext:
-        steps = build_steps(spec.kind, spec.params)
-        ctx = OpsContext(params=spec.params, on_progress=on_progress, ops=self.ops)
+    def _run(
+        self,
+        volume_id: str,
+        spec: WorkflowSpec,
+        on_progress: Progress | None,
+        instance: VmInfo | None = None,
+    ) -> OpsContext:
+        params = spec.params
+        if instance is not None and instance.instance_uuid:
+            # Journaled, so that recover takes the same instance lock.
+            params = {**params, INSTANCE_UUID: instance.instance_uuid}
+        steps = build_steps(spec.kind, params)
+        ctx = OpsContext(params=params, on_progress=on_progress, ops=self.ops)
         self._engine.run(spec.kind, volume_id, steps, ctx)
         return ctx
 
