@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,25 @@ def test_lock_held_by_another_process_and_freed_when_it_dies(tmp_path: Path) -> 
         proc.join()
     with VolumeLock(tmp_path, "vol-x") as lock:
         assert lock.held
+
+
+def test_processes_creating_the_journal_at_once_all_succeed(tmp_path: Path) -> None:
+    """Two vmdk-snap processes started together on a fresh machine both open
+    (and so create) the journal: neither may fail with "database is locked"."""
+    errors: list[BaseException] = []
+
+    def open_and_write(path: Path) -> None:
+        try:
+            Journal(path).begin("snapshot", "vol-1", {})
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    for i in range(200):
+        path = tmp_path / f"state-{i}" / "journal.sqlite"
+        threads = [threading.Thread(target=open_and_write, args=(path,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(Journal(path).workflows()) == 4

@@ -17,6 +17,7 @@ no passwords, session keys or cookies, only names, paths and morefs.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -132,7 +133,13 @@ class Journal:
     def __init__(self, path: Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_journal_path()
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._connect() as db:
+        # Switching a new database to WAL does not wait for a busy one: two
+        # processes creating the journal at once could get "database is
+        # locked". One at a time, under a lock file; WAL then stays set in
+        # the file for every later connection.
+        lock = self.path.with_name(self.path.name + ".init-lock")
+        with _exclusive(lock), self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
     @property
@@ -143,7 +150,6 @@ class Journal:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             # A step record must be on disk before the step's vSphere call.
             db.execute("PRAGMA synchronous=FULL")
             yield db
@@ -294,3 +300,14 @@ class Journal:
 
 def _dump(value: Mapping[str, Any]) -> str:
     return json.dumps(dict(value), sort_keys=True)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
