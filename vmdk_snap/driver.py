@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from vmdk_snap.engine import Engine, Plan, RecoveryResult, plan_of
-from vmdk_snap.errors import Busy, InvalidInput, InvalidState, NotFound, VmdkSnapError
+from vmdk_snap.errors import Busy, InvalidState, NotFound, VmdkSnapError
 from vmdk_snap.journal import Journal
 from vmdk_snap.locks import DEFAULT_INSTANCE_WAIT, InstanceLock, VolumeLock
 from vmdk_snap.stepctx import ref_of
@@ -54,10 +54,16 @@ from vmdk_snap.strategies import (
     VolumeState,
     WorkflowSpec,
     missing_snapshot,
-    stale_files,
-    volume_disk_of,
 )
-from vmdk_snap.types import SnapshotNode, VmInfo, datastore_of
+from vmdk_snap.types import SnapshotNode, VmInfo
+from vmdk_snap.volume_state import (
+    AVAILABLE,
+    IN_USE,
+    Volume,
+    check_status,
+    read_state,
+    refuse_stale_available,
+)
 from vmdk_snap.volumeops import VolumeOps
 from vmdk_snap.volumeops.lookups import names_of
 from vmdk_snap.workflow import OpsContext, build_steps, validate_snapshot_name
@@ -74,8 +80,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AVAILABLE = "available"
-IN_USE = "in-use"
 
 Progress = Callable[[str, "int | None"], None]
 
@@ -89,30 +93,6 @@ class SnapshotResult:
 
     node: SnapshotNode
     created: bool
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A Cinder volume as the driver is given it.
-
-    Args:
-        id: the volume id; ``volume-<id>`` is accepted too.
-        status: Cinder's status; ``None`` derives it from vCenter (``in-use``
-            when an instance records the volume in its ``extraConfig``).
-        instance_uuid: the instance it is attached to, if Cinder knows it.
-    """
-
-    id: str
-    status: str | None = None
-    instance_uuid: str | None = None
-
-    def __post_init__(self) -> None:
-        vid = self.id.strip()
-        if vid.startswith("volume-"):
-            vid = vid[len("volume-") :]
-        if not vid:
-            raise InvalidInput("the volume id is empty", hint="pass the Cinder volume id")
-        object.__setattr__(self, "id", vid)
 
 
 class Driver:
@@ -165,51 +145,7 @@ class Driver:
         )
 
     def _state(self, volume: Volume, *, verify: bool = False) -> VolumeState:
-        """The volume as vCenter shows it.
-
-        ``verify``: also look for an instance when Cinder says ``available``
-        (one read of every VM), for calls that change vCenter.
-        """
-        find = volume.instance_uuid is None and (verify or volume.status != AVAILABLE)
-        backing, instance = self.ops.resolve(volume.id, volume.instance_uuid, find_attached=find)
-        if len(backing.disks) != 1:
-            raise InvalidState(
-                f"backing {backing.name} of volume {volume.id} has {len(backing.disks)} disks",
-                hint="a Cinder backing has exactly one; check it in vCenter",
-            )
-        bdisk = backing.disks[0]
-        vdisk = volume_disk_of(volume.id, bdisk, instance) if instance is not None else None
-        if instance is not None and vdisk is None and find and volume.status == AVAILABLE:
-            # Only a stale ``volume-<id>`` key (detached by hand, the key left
-            # behind): no disk of the instance uses the volume's files.
-            log.warning(
-                "instance %s records volume %s but has no disk of it: taking it as available",
-                instance.name,
-                volume.id,
-            )
-            instance = None
-        if instance is not None and vdisk is None:
-            raise InvalidState(
-                f"instance {instance.name} has no disk for volume {volume.id}",
-                hint="the volume is not attached there; check the instance and Cinder's record",
-            )
-        status = volume.status or (IN_USE if instance is not None else AVAILABLE)
-        top = vdisk or bdisk
-        return VolumeState(
-            volume_id=volume.id,
-            backing=backing,
-            instance=instance,
-            status=status,
-            backing_disk=bdisk,
-            volume_disk=vdisk,
-            duplicated=vdisk is not None and vdisk.path != bdisk.path,
-            consolidation_needed=backing.consolidation_needed
-            or (instance is not None and instance.consolidation_needed),
-            chain_depth=top.depth,
-            backing_datastore=datastore_of(backing.vm_path_name),
-            instance_datastore=datastore_of(vdisk.path) if vdisk is not None else None,
-            stale_files=stale_files(backing, bdisk, vdisk) if vdisk is not None else (),
-        )
+        return read_state(self.ops, volume, verify=verify)
 
     # -- plans (dry runs) -------------------------------------------------------
 
@@ -226,7 +162,7 @@ class Driver:
     def plan_consolidate(self, volume: Volume) -> Plan:
         """What :meth:`consolidate` would do; changes nothing."""
         state = self._state(volume, verify=True)
-        self._refuse_stale_available(state)
+        refuse_stale_available(state)
         if not state.duplicated:
             return Plan("consolidate", volume.id, (), ("nothing to consolidate",))
         return self._plan(volume.id, self._attached(state).consolidate(state))
@@ -354,7 +290,7 @@ class Driver:
         with self._locked(volume):
             state = self._state(volume, verify=True)
             if state.instance is not None and state.backing.snapshot_named(name) is not None:
-                self._check_status(state)  # refused before any wait
+                check_status(state)  # refused before any wait
                 with self._instance_locked(volume, state) as state:
                     return self._delete(volume, state, name)
             return self._delete(volume, state, name)
@@ -364,7 +300,7 @@ class Driver:
         if node is None:
             log.info("volume %s has no snapshot %s: nothing to delete", volume.id, name)
             return False
-        self._check_status(state)
+        check_status(state)
         spec = self.strategies[state.status].delete(state, node)
         for note in spec.notes:
             log.info("%s", note)
@@ -376,7 +312,7 @@ class Driver:
         validate_snapshot_name(name)
         with self._locked(volume):
             state = self._state(volume, verify=True)
-            self._check_status(state)
+            check_status(state)
             if state.status != AVAILABLE:
                 who = state.instance.instance_uuid if state.instance else "an instance"
                 raise InvalidState(
@@ -397,7 +333,7 @@ class Driver:
         """
         with self._locked(volume):
             state = self._state(volume, verify=True)
-            self._refuse_stale_available(state)
+            refuse_stale_available(state)
             if state.duplicated:
                 with self._instance_locked(volume, state) as state:
                     if state.duplicated:
@@ -516,35 +452,8 @@ class Driver:
         self._engine.run(spec.kind, volume_id, steps, ctx)
         return ctx
 
-    def _refuse_stale_available(self, state: VolumeState) -> None:
-        """Cinder says ``available`` but an instance in vCenter has the volume."""
-        inst = state.instance
-        if state.status != AVAILABLE or inst is None:
-            return
-        raise InvalidState(
-            f"volume {state.volume_id} is 'available' in Cinder's record, but instance "
-            f"{inst.instance_uuid} ({inst.name}) has it attached in vCenter; nothing was changed",
-            hint="Cinder's record is stale: check the volume's attachment (`openstack volume "
-            "show`, `nova volume-attachments`), then pass status 'in-use' with that instance "
-            "(a snapshot then needs --force), or detach the volume first",
-        )
-
-    def _check_status(self, state: VolumeState) -> None:
-        self._refuse_stale_available(state)
-        if state.status not in (AVAILABLE, IN_USE):
-            raise InvalidState(
-                f"volume {state.volume_id} is {state.status!r}; "
-                "snapshots need it 'available' or 'in-use'",
-                hint="wait until Cinder shows it available or in-use",
-            )
-        if state.status == IN_USE and state.instance is None:
-            raise InvalidState(
-                f"volume {state.volume_id} is in-use but no instance in vCenter has it attached",
-                hint="pass the instance UUID, or check the attachment in Nova",
-            )
-
     def _strategy_for_snapshot(self, state: VolumeState, force: bool) -> SnapshotStrategy:
-        self._check_status(state)
+        check_status(state)
         if state.status == IN_USE and not force:
             who = state.instance.instance_uuid if state.instance else "an instance"
             raise InvalidState(

@@ -1,0 +1,131 @@
+"""A Cinder volume as the driver is given it, and as vCenter shows it.
+
+:func:`read_state` reads the backing (and the instance the volume is attached
+to) and says where the volume's current file is; :func:`check_status` applies
+Cinder's status rules before anything changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from vmdk_snap.errors import InvalidInput, InvalidState
+from vmdk_snap.strategies import VolumeState, stale_files, volume_disk_of
+from vmdk_snap.types import datastore_of
+from vmdk_snap.volumeops import VolumeOps
+
+__all__ = [
+    "AVAILABLE",
+    "IN_USE",
+    "Volume",
+    "check_status",
+    "read_state",
+    "refuse_stale_available",
+]
+
+log = logging.getLogger(__name__)
+
+AVAILABLE = "available"
+IN_USE = "in-use"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A Cinder volume as the driver is given it.
+
+    Args:
+        id: the volume id; ``volume-<id>`` is accepted too.
+        status: Cinder's status; ``None`` derives it from vCenter (``in-use``
+            when an instance records the volume in its ``extraConfig``).
+        instance_uuid: the instance it is attached to, if Cinder knows it.
+    """
+
+    id: str
+    status: str | None = None
+    instance_uuid: str | None = None
+
+    def __post_init__(self) -> None:
+        vid = self.id.strip()
+        if vid.startswith("volume-"):
+            vid = vid[len("volume-") :]
+        if not vid:
+            raise InvalidInput("the volume id is empty", hint="pass the Cinder volume id")
+        object.__setattr__(self, "id", vid)
+
+
+def read_state(ops: VolumeOps, volume: Volume, *, verify: bool = False) -> VolumeState:
+    """The volume as vCenter shows it.
+
+    ``verify``: also look for an instance when Cinder says ``available``
+    (one read of every VM), for calls that change vCenter.
+    """
+    find = volume.instance_uuid is None and (verify or volume.status != AVAILABLE)
+    backing, instance = ops.resolve(volume.id, volume.instance_uuid, find_attached=find)
+    if len(backing.disks) != 1:
+        raise InvalidState(
+            f"backing {backing.name} of volume {volume.id} has {len(backing.disks)} disks",
+            hint="a Cinder backing has exactly one; check it in vCenter",
+        )
+    bdisk = backing.disks[0]
+    vdisk = volume_disk_of(volume.id, bdisk, instance) if instance is not None else None
+    if instance is not None and vdisk is None and find and volume.status == AVAILABLE:
+        # Only a stale ``volume-<id>`` key (detached by hand, the key left
+        # behind): no disk of the instance uses the volume's files.
+        log.warning(
+            "instance %s records volume %s but has no disk of it: taking it as available",
+            instance.name,
+            volume.id,
+        )
+        instance = None
+    if instance is not None and vdisk is None:
+        raise InvalidState(
+            f"instance {instance.name} has no disk for volume {volume.id}",
+            hint="the volume is not attached there; check the instance and Cinder's record",
+        )
+    status = volume.status or (IN_USE if instance is not None else AVAILABLE)
+    top = vdisk or bdisk
+    return VolumeState(
+        volume_id=volume.id,
+        backing=backing,
+        instance=instance,
+        status=status,
+        backing_disk=bdisk,
+        volume_disk=vdisk,
+        duplicated=vdisk is not None and vdisk.path != bdisk.path,
+        consolidation_needed=backing.consolidation_needed
+        or (instance is not None and instance.consolidation_needed),
+        chain_depth=top.depth,
+        backing_datastore=datastore_of(backing.vm_path_name),
+        instance_datastore=datastore_of(vdisk.path) if vdisk is not None else None,
+        stale_files=stale_files(backing, bdisk, vdisk) if vdisk is not None else (),
+    )
+
+
+def refuse_stale_available(state: VolumeState) -> None:
+    """Cinder says ``available`` but an instance in vCenter has the volume."""
+    inst = state.instance
+    if state.status != AVAILABLE or inst is None:
+        return
+    raise InvalidState(
+        f"volume {state.volume_id} is 'available' in Cinder's record, but instance "
+        f"{inst.instance_uuid} ({inst.name}) has it attached in vCenter; nothing was changed",
+        hint="Cinder's record is stale: check the volume's attachment (`openstack volume "
+        "show`, `nova volume-attachments`), then pass status 'in-use' with that instance "
+        "(a snapshot then needs --force), or detach the volume first",
+    )
+
+
+def check_status(state: VolumeState) -> None:
+    refuse_stale_available(state)
+    if state.status not in (AVAILABLE, IN_USE):
+        raise InvalidState(
+            f"volume {state.volume_id} is {state.status!r}; "
+            "snapshots need it 'available' or 'in-use'",
+            hint="wait until Cinder shows it available or in-use",
+        )
+    if state.status == IN_USE and state.instance is None:
+        raise InvalidState(
+            f"volume {state.volume_id} is in-use but no instance in vCenter has it attached",
+            hint="pass the instance UUID, or check the attachment in Nova",
+        )
