@@ -304,6 +304,13 @@ def test_refused_when_the_instance_host_cannot_see_the_old_disk(
     tokens = vc.ctl.read_disk(vol["moref"], 2000)["tokens"]
     volume = Volume(vol["id"], "in-use", inst["uuid"])
 
+    # The dry run says so beforehand (one read of the host more).
+    plan = driver.plan_snapshot(volume, "snapshot-1", force=True)
+    assert plan.notes[-1] == (
+        f"vCenter will refuse relocate_backing: host {HOST1} cannot see datastore ds-local-h0 "
+        f"(the backing's old disk); mount ds-local-h0 on {HOST1}, or vMotion instance "
+        f"{inst['name']} to a host that sees both, then retry"
+    )
     vc.ctl.reset_calls()
     with pytest.raises(InvalidState) as info:  # where the instance is: exit 4
         driver.create_snapshot(volume, "snapshot-1", force=True)

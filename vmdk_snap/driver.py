@@ -172,7 +172,26 @@ class Driver:
         steps = build_steps(spec.kind, params)
         ctx = OpsContext(params=params, ops=self.ops)
         plan = plan_of(spec.kind, volume_id, steps, ctx)
-        return replace(plan, notes=plan.notes + spec.notes)
+        return replace(plan, notes=plan.notes + spec.notes + self._refusals(params))
+
+    def _refusals(self, params: dict[str, Any]) -> tuple[str, ...]:
+        """Why vCenter will refuse the plan's relocation, if it will (one read, plans only).
+
+        The backing moves to the instance's host while its old disk stays where
+        it is: that host must see the old disk's datastore.
+        """
+        relocate = params.get("relocate")
+        if not relocate:
+            return ()
+        host = self.ops.get_host(ref_of(relocate["host"]))
+        old = relocate["keep_disk"]["datastore_name"]
+        if host.datastore_named(old) is not None:
+            return ()
+        return (
+            f"vCenter will refuse relocate_backing: host {host.name} cannot see datastore "
+            f"{old} (the backing's old disk); mount {old} on {host.name}, or vMotion instance "
+            f"{params['instance_name']} to a host that sees both, then retry",
+        )
 
     def _with_names(self, params: dict[str, Any]) -> dict[str, Any]:
         """``params`` with the names of the hosts and pools a relocation involves.
