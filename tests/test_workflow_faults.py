@@ -475,25 +475,39 @@ def test_failure_with_two_volumes_restores_every_vm_exactly(
     assert_files_consistent(vc, seeded)
 
 
+# undone step -> (the later step made to fail, the method of the undo's first task)
+UNDOS: dict[str, tuple[str, str]] = {
+    "relocate_backing": ("swap_backing_disk", "RelocateVM_Task"),
+    "swap_backing_disk": ("snapshot_instance", "ReconfigVM_Task"),
+    "snapshot_instance": ("snapshot_backing", "RemoveSnapshot_Task"),
+    "snapshot_backing": ("hand_over_top", "ReconfigVM_Task"),
+    "hand_over_top": ("remove_instance_snapshot", "ReconfigVM_Task"),
+}
+
+
 @pytest.mark.live
 @pytest.mark.parametrize("after_record", [True, False], ids=["task-journaled", "task-unknown"])
+@pytest.mark.parametrize("undone", list(UNDOS))
 def test_kill_during_the_rollback_then_recover_restores_exactly(
-    vc: Target, ops: Any, tmp_path: Path, after_record: bool
+    vc: Target, ops: Any, tmp_path: Path, undone: str, after_record: bool
 ) -> None:
-    """The backing's snapshot fails, and the process dies while the undo's
-    merge of the instance snapshot runs: recover waits for that task, then
-    finishes the rollback (the consolidation's undos too), exactly."""
+    """A later step fails, and the process dies while the undo of ``undone``
+    runs its first task (slow): recover waits for that task, then finishes
+    the rollback, exactly."""
     seeded, inst, vol, before = _seed(vc, ops)
     journal = tmp_path / "state" / "journal.sqlite"
-    vc.ctl.inject_fault("CreateSnapshot_Task", "task", "FileLocked", match=f">{vol['moref']}<")
-    vc.ctl.set_task_time("RemoveSnapshot_Task", 1500)
+    failing, slow = UNDOS[undone]
+    method, whose, skip = STEPS[failing]
+    match = None if whose is None else f">{(inst if whose == 'instance' else vol)['moref']}<"
+    vc.ctl.inject_fault(method, "task", "FileLocked", skip=skip, match=match)
+    vc.ctl.set_task_time(slow, 1500)
     env = dict(
         os.environ, VMDK_SNAP_TEST_PASSWORD=vc.password, DIE_AFTER_RECORD=str(int(after_record))
     )
     args = [vc.url, vc.username, vc.ca_file, str(journal), "snapshot", vol["id"], inst["uuid"]]
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, *args, "undo:snapshot_instance"],
+            [sys.executable, "-c", _CHILD, *args, f"undo:{undone}"],
             env=env,
             timeout=120,
             check=False,
@@ -503,13 +517,12 @@ def test_kill_during_the_rollback_then_recover_restores_exactly(
         vc.ctl.reset_timing()
     assert proc.returncode == -signal.SIGKILL
     (record,) = Journal(journal).workflows()
-    undoing = record.step("snapshot_instance")
+    undoing = record.step(undone)
     assert undoing is not None
     assert undoing.state == jn.UNDOING
-    # The merge is still running; the journal names it only if the id was written.
-    temp = ops.get_vm(vm(inst["moref"])).snapshot_named(record.params["temp_name"])
-    assert temp is not None
-    running = [t.ref.value for t in tasks_in_flight(ops.session, [vm(inst["moref"])])]
+    # The undo's task still runs; the journal names it only if the id was written.
+    vms = [vm(inst["moref"]), vm(vol["moref"])]
+    running = [t.ref.value for t in tasks_in_flight(ops.session, vms)]
     assert len(running) == 1
     assert (undoing.task == running[0]) is after_record
 
