@@ -87,7 +87,12 @@ def test_task_fault_ends_the_task_in_error_and_changes_nothing(vc: Target, fault
         vm = _vm(si, seeded)
         disks_before = disk_paths(si, vm)
         vc.ctl.inject_fault("CreateSnapshot_Task", "task", "FileLocked")
-        info, seen = watch_task(si, vm.CreateSnapshot_Task("s", "", False, False))
+        # Long enough to be seen running even on a busy machine.
+        vc.ctl.set_task_time("CreateSnapshot_Task", 1500)
+        try:
+            info, seen = watch_task(si, vm.CreateSnapshot_Task("s", "", False, False))
+        finally:
+            vc.ctl.reset_timing()
         assert seen[0][0] == "running"
         assert info.state == "error"
         assert isinstance(info.error, vim.fault.FileLocked)
