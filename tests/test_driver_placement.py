@@ -39,7 +39,7 @@ from vmdk_snap.errors import InvalidState, TaskFailed
 from vmdk_snap.journal import Journal
 from vmdk_snap.stepctx import OpsContext
 from vmdk_snap.strategies import AttachedStrategy
-from vmdk_snap.types import Moref, VmInfo, datastore_of
+from vmdk_snap.types import DiskLocator, Moref, VmInfo, datastore_of
 
 HOST0, HOST1 = "DC0_C0_H0", "DC0_C0_H1"
 POOL = "tenant-a"  # a child of the cluster's root pool, made by the scenario
@@ -391,3 +391,40 @@ def _sibling_host(vc: Target, host: Moref, name: str) -> Moref:
             if props(si, h, "name")["name"] == name:
                 return Moref("HostSystem", str(h._moId))
     raise AssertionError(f"no host {name} beside {host.value}")
+
+
+@pytest.mark.live
+def test_repeated_forced_snapshots_do_not_move_a_backing_whose_instance_lives_elsewhere(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """The instance's home is on another datastore than its volume (Nova's
+    usual layout; only its .vmx moved, same host and pool). After a forced
+    snapshot the shared file is the instance's delta, in the instance's
+    folder: the next forced snapshot must not take that as a reason to move
+    the backing (16 round trips, no RelocateVM)."""
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    instance = ops.get_vm(vm(inst["moref"]))
+    keep = [DiskLocator(d.key, d.datastore) for d in instance.disks if d.datastore]
+    ops.relocate(vm(inst["moref"]), datastore=ops.datastore_named("ds-shared-2"), disks=keep)
+    moved = ops.get_vm(vm(inst["moref"]))
+    assert datastore_of(moved.vm_path_name) == "ds-shared-2"
+    assert [d.path for d in moved.disks] == [d.path for d in instance.disks]
+    home = ops.get_vm(vm(vol["moref"])).vm_path_name
+
+    vc.ctl.set_default_task_time(0)  # every task ends within one wait: exact counts
+    try:
+        vc.ctl.reset_calls()
+        snapshot_checked(vc, ops, driver, seeded, volume=vol, name="snapshot-1")  # invariants
+        assert "RelocateVM_Task" not in vc.ctl.calls()
+        vc.ctl.reset_calls()
+        driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "snapshot-2", force=True)
+        calls = vc.ctl.calls()
+        assert "RelocateVM_Task" not in calls
+        assert sum(calls.values()) == 16, calls
+    finally:
+        vc.ctl.reset_timing()
+    backing = ops.get_vm(vm(vol["moref"]))
+    assert backing.vm_path_name == home
+    assert datastore_of(backing.disks[0].path) == "ds-shared-2"  # the instance's delta

@@ -131,7 +131,8 @@ def assert_forced_snapshot_invariants(
     # The backing has exactly one new snapshot, with the name.
     assert tree(backing_info.snapshots) == _with_leaf(backing_tree_before, node.name)
     # Backing and instance share the volume's current top file, on the
-    # instance's host, resource pool and datastore.
+    # instance's datastore (the new delta is in the instance's folder), the
+    # backing on the instance's host and in its resource pool.
     key = volume_disk_key(ops, volume, instance["moref"])
     inst_disk = next(d for d in instance_info.disks if d.key == key)
     (backing_disk,) = backing_info.disks
@@ -139,7 +140,7 @@ def assert_forced_snapshot_invariants(
     assert backing_disk.chain == inst_disk.chain
     assert backing_info.host == instance_info.host
     assert backing_info.resource_pool == instance_info.resource_pool
-    assert datastore_of(backing_info.vm_path_name) == datastore_of(inst_disk.path)
+    assert datastore_of(inst_disk.path) == datastore_of(instance_info.vm_path_name)
     # The snapshot holds the content at the moment of the snapshot ...
     held = vc.ctl.read_snapshot(node.ref.value, backing_disk.key)
     assert held["tokens"] == tokens_at_snapshot

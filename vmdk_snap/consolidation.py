@@ -113,7 +113,7 @@ def relocate_backing() -> Step[OpsContext]:
                     ctx.vm("backing"),
                     host=ref_of(r["host"]),
                     pool=ref_of(r["pool"]),
-                    datastore=ref_of(r["datastore"]),
+                    datastore=ref_of(r["datastore"]) if r.get("datastore") else None,
                     disk_move_type=r["move_type"],
                     disks=[DiskLocator(int(k["key"]), ref_of(k["datastore"]))],
                 )

@@ -201,19 +201,23 @@ class AttachedStrategy:
                 "datastore_name": datastore_of(backing.vm_path_name),
             },
         )
-        # The backing joins the instance's host, pool and datastore: after a
-        # storage vMotion (the chain is duplicated too), and after a vMotion or
-        # a pool move alone (then only its home moves; the disk is shared).
-        target = datastore_of(disk.path)
+        # The backing joins the instance's host and pool, and after a storage
+        # vMotion (the chain is duplicated) the datastore of the instance's
+        # file too. Not duplicated (a vMotion or a pool move alone), its home
+        # stays on its datastore: after a forced snapshot the shared file is
+        # the instance's delta in the instance's folder, which may be on
+        # another datastore than the backing's home, and is no reason to move.
+        home = datastore_of(backing.vm_path_name)
+        target = datastore_of(disk.path) if state.duplicated else home
         if (
             backing.host != instance.host
             or backing.resource_pool != instance.resource_pool
-            or datastore_of(backing.vm_path_name) != target
+            or home != target
         ):
             params["relocate"] = {
                 "host": ref_json(instance.host),
                 "pool": ref_json(instance.resource_pool),
-                "datastore": ref_json(disk.datastore),
+                "datastore": ref_json(disk.datastore) if state.duplicated else None,
                 "datastore_name": target,
                 # With snapshots, their files stay where they are (no copy).
                 "move_type": CHILD_MOST if backing.snapshots else ALLOW_SHARING,
