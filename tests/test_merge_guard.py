@@ -62,6 +62,18 @@ def test_a_backing_snapshot_holding_the_frozen_file_refuses() -> None:
     assert why == f"a snapshot or a deeper chain holds {VOL}"
 
 
+def test_a_snapshot_alone_holding_the_frozen_file_refuses() -> None:
+    """The backing's current chain no longer goes through the file (it was
+    reverted to another base, say): only its snapshot holds it."""
+    held = Moref("VirtualMachineSnapshot", "snap-b")
+    other = "[ds1] volume-1/volume-1-copy.vmdk"
+    backing = _vm("volume-1", (_disk(2000, other),), (_node(held, "s1"),), held)
+    disks = {**FROZEN, held: (_disk(2000, VOL),)}
+    why = merge_refusal(_instance(), TEMP, [backing], disks)
+    assert why == f"a snapshot or a deeper chain holds {VOL}"
+    assert merge_refusal(_instance(), TEMP, [backing], {**FROZEN, held: ()}) is None
+
+
 def test_a_backing_on_the_instance_delta_refuses() -> None:
     backing = _vm("volume-1", (_disk(2000, VOL_DELTA, VOL),))
     why = merge_refusal(_instance(), TEMP, [backing], FROZEN)

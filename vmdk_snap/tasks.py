@@ -418,6 +418,9 @@ class TaskWatcher:
         self._watched.clear()
         self._finished.clear()
         self._states.clear()
+        # A new filter reports every task it is given, and task ids are only
+        # unique within one vCenter run: no answers from before.
+        self._final.clear()
         if destroy:
             self._destroy(collector, "DestroyPropertyCollector")
             self._destroy(view, "DestroyView")
