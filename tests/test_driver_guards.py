@@ -348,7 +348,9 @@ def test_forced_snapshots_of_two_volumes_of_one_instance_at_once_run_in_turn(
             results[i] = exc
 
     caplog.set_level(logging.INFO, logger="vmdk_snap.locks")
-    vc.ctl.set_default_task_time(300)  # each workflow lasts a few seconds: they overlap
+    # Each workflow holds the instance for about 5 s (5 tasks): the second
+    # arrives while the first holds it, even on a loaded machine.
+    vc.ctl.set_default_task_time(1000)
     try:
         threads = [threading.Thread(target=snapshot, args=(i,)) for i in range(len(vols))]
         for t in threads:
