@@ -234,14 +234,10 @@ class VolumeOps:
 
     def snapshot_disks(self, snapshot: Moref) -> tuple[Disk, ...]:
         """The disks as the snapshot recorded them (its ``config`` devices)."""
-        found = retrieve(
-            self.session,
-            [Obj(self.session.mo(snapshot))],
-            {vim.vm.Snapshot: ["config.hardware.device"]},
-        )
-        if not found:
+        found = self.snapshots_disks([snapshot])
+        if snapshot not in found:
             raise NotFound(f"snapshot {snapshot.value} no longer exists", hint="look it up again")
-        return disks_of(found[0].props.get("config.hardware.device"))
+        return found[snapshot]
 
     def snapshots_disks(self, snapshots: Sequence[Moref]) -> dict[Moref, tuple[Disk, ...]]:
         """The disks each snapshot recorded (its ``config`` devices), in one call."""
