@@ -30,6 +30,7 @@ __all__ = [
     "delete_stale_copy",
     "relocate_backing",
     "swap_backing_disk",
+    "unseen_datastore_remedy",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,14 @@ def _named(where: dict[str, Any], key: str) -> str:
     """The name recorded for ``where[key]`` (plans look names up), else its moref."""
     name = where.get(f"{key}_name")
     return str(name) if name else str(where[key][1])
+
+
+def unseen_datastore_remedy(host: str, datastore: str, instance: str) -> str:
+    """What to do when the instance's host cannot see the backing's old datastore."""
+    return (
+        f"mount {datastore} on {host}, or vMotion instance {instance} to a host that sees "
+        "both, then retry"
+    )
 
 
 def _names(ctx: OpsContext, where: dict[str, Any]) -> tuple[str, str]:
@@ -130,9 +139,8 @@ def relocate_backing() -> Step[OpsContext]:
                 f"vCenter refused to move backing {ctx.params['backing_name']} to instance "
                 f"{ctx.params['instance_name']}'s host {host} (pool {pool}, datastore {new}) "
                 f"while its old disk stays on {old}: {why}; nothing was changed",
-                hint=f"host {host} must see datastore {old} as well as {new}: mount {old} on "
-                f"{host}, or vMotion instance {ctx.params['instance_name']} to a host that "
-                "sees both, then retry",
+                hint=f"host {host} must see datastore {old} as well as {new}: "
+                + unseen_datastore_remedy(host, old, ctx.params["instance_name"]),
                 fault=exc.fault,
                 task=exc.task,
             ) from exc

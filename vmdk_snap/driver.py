@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from vmdk_snap.consolidation import unseen_datastore_remedy
 from vmdk_snap.engine import Engine, Plan, RecoveryResult, plan_of
 from vmdk_snap.errors import Busy, InvalidState, NotFound, VmdkSnapError
 from vmdk_snap.journal import Journal
@@ -189,8 +190,8 @@ class Driver:
             return ()
         return (
             f"vCenter will refuse relocate_backing: host {host.name} cannot see datastore "
-            f"{old} (the backing's old disk); mount {old} on {host.name}, or vMotion instance "
-            f"{params['instance_name']} to a host that sees both, then retry",
+            f"{old} (the backing's old disk); "
+            + unseen_datastore_remedy(host.name, old, params["instance_name"]),
         )
 
     def _with_names(self, params: dict[str, Any]) -> dict[str, Any]:
