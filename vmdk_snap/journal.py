@@ -17,7 +17,6 @@ no passwords, session keys or cookies, only names, paths and morefs.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vmdk_snap.locks import exclusive
 
 __all__ = [
     "Journal",
@@ -138,7 +139,7 @@ class Journal:
         # locked". One at a time, under a lock file; WAL then stays set in
         # the file for every later connection.
         lock = self.path.with_name(self.path.name + ".init-lock")
-        with _exclusive(lock), self._connect() as db:
+        with exclusive(lock), self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
@@ -300,14 +301,3 @@ class Journal:
 
 def _dump(value: Mapping[str, Any]) -> str:
     return json.dumps(dict(value), sort_keys=True)
-
-
-@contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if needed)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock

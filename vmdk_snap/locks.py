@@ -24,12 +24,14 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from vmdk_snap.errors import Busy
 
-__all__ = ["DEFAULT_INSTANCE_WAIT", "InstanceLock", "VolumeLock"]
+__all__ = ["DEFAULT_INSTANCE_WAIT", "InstanceLock", "VolumeLock", "exclusive"]
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +144,19 @@ class InstanceLock(_FileLock):
         """
         deadline = time.monotonic() + self.timeout
         delay = _POLL[0]
-        fd, holder = self._try()
-        self.waited = fd is None
-        if fd is None:
-            log.info(
-                "instance %s is locked by another workflow (pid %s): waiting up to %.0f s",
-                self.instance_uuid,
-                holder,
-                self.timeout,
-            )
-        while fd is None:
+        self.waited = False
+        while True:
+            fd, holder = self._try()
+            if fd is not None:
+                break
+            if not self.waited:
+                self.waited = True
+                log.info(
+                    "instance %s is locked by another workflow (pid %s): waiting up to %.0f s",
+                    self.instance_uuid,
+                    holder,
+                    self.timeout,
+                )
             left = deadline - time.monotonic()
             if left <= 0:
                 raise Busy(
@@ -162,7 +167,6 @@ class InstanceLock(_FileLock):
                 )
             time.sleep(min(delay, left))
             delay = min(delay * 2, _POLL[1])
-            fd, holder = self._try()
         self._fd = fd
         log.debug("locked instance %s (%s)", self.instance_uuid, self.path)
         return self.waited
@@ -170,3 +174,18 @@ class InstanceLock(_FileLock):
     def __enter__(self) -> InstanceLock:
         self.acquire()
         return self
+
+
+@contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed), waiting for it.
+
+    For short critical sections such as creating the journal; workflows use
+    :class:`VolumeLock` and :class:`InstanceLock`.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
