@@ -24,6 +24,7 @@ from tests.conftest import Target
 from tests.workflow_checks import (
     World,
     assert_files_consistent,
+    assert_nothing_running,
     make_driver,
     snapshot_trees,
     vm,
@@ -216,11 +217,6 @@ def _killed_at(
         vc.ctl.reset_timing()
 
 
-def _nothing_running(ops: Any, *morefs: str) -> None:
-    """No task is still queued or running on these VMs (or deleting files)."""
-    assert tasks_in_flight(ops.session, [vm(m) for m in morefs]) == []
-
-
 def _recover_and_check(
     vc: Target,
     ops: Any,
@@ -238,7 +234,9 @@ def _recover_and_check(
     with pytest.raises(VmdkSnapError, match="interrupted snapshot_attached workflow"):
         driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "x", force=True)
     (result,) = driver.recover()
-    _nothing_running(ops, inst["moref"], vol["moref"])  # recover waited for the dead process's task
+    assert_nothing_running(
+        ops, inst["moref"], vol["moref"]
+    )  # recover waited for the dead process's task
     # Any task the dead process left running (1.5 s each) has ended before we
     # look, so a task recover failed to wait for would show in what follows.
     time.sleep(1.6)
@@ -355,7 +353,7 @@ def test_kill_during_delete_or_revert_then_recover_finishes(
     with Session(vc.url, vc.username, vc.password, ca_file=vc.ca_file) as session:
         driver = make_driver(VolumeOps(session, task_timeout=60), tmp_path)
         (result,) = driver.recover()
-        _nothing_running(ops, vol["moref"])  # recover waited for the dead process's task
+        assert_nothing_running(ops, vol["moref"])  # recover waited for the dead process's task
     time.sleep(1.6)  # any task left running has ended before we look
     assert (result.kind, result.outcome) == (op, "finished")
     assert driver.journal.unfinished() == []
@@ -535,7 +533,9 @@ def test_kill_during_the_rollback_then_recover_restores_exactly(
 
     driver = make_driver(ops, tmp_path)
     (result,) = driver.recover()
-    _nothing_running(ops, inst["moref"], vol["moref"])  # recover waited for the dead process's task
+    assert_nothing_running(
+        ops, inst["moref"], vol["moref"]
+    )  # recover waited for the dead process's task
     time.sleep(1.6)  # a task recover failed to wait for would show below
     assert result.outcome == "rolled_back"
     assert driver.journal.unfinished() == []
@@ -604,7 +604,9 @@ def test_kill_during_consolidate_then_recover(
     )  # fmt: skip
     driver = make_driver(ops, tmp_path)
     (result,) = driver.recover()
-    _nothing_running(ops, inst["moref"], vol["moref"])  # recover waited for the dead process's task
+    assert_nothing_running(
+        ops, inst["moref"], vol["moref"]
+    )  # recover waited for the dead process's task
     time.sleep(1.6)  # a task recover failed to wait for would show below
     assert driver.journal.unfinished() == []
     if step == "delete_stale_copy":

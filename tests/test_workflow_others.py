@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import Target
 from tests.workflow_checks import (
     assert_forced_snapshot_invariants,
+    assert_nothing_running,
     make_driver,
     snapshot_trees,
     vm,
@@ -338,7 +339,7 @@ def test_kill_at_follow_other_volumes_then_recover_finishes(
     """
     vc = clean_sim
     s = _seed(vc, ops, volumes)
-    vms = [vm(v["moref"]) for v in s["seeded"]["volumes"]] + [vm(s["inst"]["moref"])]
+    morefs = [v["moref"] for v in s["seeded"]["volumes"]] + [s["inst"]["moref"]]
     driver = make_driver(ops, tmp_path)
     _kill_at_step(vc, ops.session, driver.journal.path, s, before_task_id=before_task_id)
     (interrupted,) = driver.journal.unfinished()
@@ -347,7 +348,7 @@ def test_kill_at_follow_other_volumes_then_recover_finishes(
     (result,) = driver.recover()
     # Nothing the dead process started is still running when recover returns,
     # and recover did not send the dead process's call a second time.
-    assert tasks_in_flight(ops.session, vms) == []
+    assert_nothing_running(ops, *morefs)
     assert vc.ctl.calls().get("ReconfigVM_Task", 0) == 0
     assert (result.workflow_id, result.outcome) == (interrupted.id, "finished")
     assert driver.journal.unfinished() == []

@@ -15,6 +15,7 @@ from typing import Any
 from tests.conftest import Target
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.types import Moref, SnapshotNode, datastore_of
+from vmdk_snap.volumeops.lookups import tasks_in_flight
 
 DATASTORES = ("ds-shared-1", "ds-shared-2", "ds-local-h0")
 DELTA_RE = re.compile(r"-\d{6}\.vmdk$")
@@ -215,3 +216,9 @@ def forced_snapshot(
     )
     key = volume_disk_key(ops, vol, inst["moref"])
     return seeded, {"node": node, "tokens": tokens, "key": key}
+
+
+def assert_nothing_running(ops: Any, *morefs: str) -> None:
+    """No task is still queued or running on these VMs (or deleting files):
+    what recover must leave after waiting for a dead process's tasks."""
+    assert tasks_in_flight(ops.session, [vm(m) for m in morefs]) == []
