@@ -29,11 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vmdk_snap.session import Session
 from vmdk_snap.testing import Control, SimInfo, Simulator
 from vmdk_snap.types import Moref
-from vmdk_snap.volumeops import VolumeOps
-from vmdk_snap.volumeops.collect import VM_PATHS, Obj, retrieve
+from vmdk_snap.vsphere.session import Session
+from vmdk_snap.vsphere.volumeops import VolumeOps
+from vmdk_snap.vsphere.volumeops.collect import VM_PATHS, Obj, retrieve
 
 POLL_INTERVAL = 2.0  # cinder's vmware_task_poll_interval default
 

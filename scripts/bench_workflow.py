@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from vmdk_snap.driver import Driver, Volume
-from vmdk_snap.session import Session
 from vmdk_snap.testing import Control, Simulator
+from vmdk_snap.vsphere.session import Session
 
 PATHS = [
     ("available volume", "available-volume", False),

@@ -404,7 +404,7 @@ def vc(
 @pytest.fixture
 def session(vc: Target) -> Iterator[Any]:
     """A connected vmdk_snap Session to ``vc`` (closed after the test)."""
-    from vmdk_snap.session import RetryPolicy, Session  # noqa: PLC0415 - keeps pyVmomi out of collection
+    from vmdk_snap.vsphere.session import RetryPolicy, Session  # noqa: PLC0415 - keeps pyVmomi out of collection
 
     with Session(
         vc.url,
@@ -421,7 +421,7 @@ def session(vc: Target) -> Iterator[Any]:
 @pytest.fixture
 def ops(session: Any) -> Any:
     """VolumeOps on the ``session`` fixture."""
-    from vmdk_snap.volumeops import VolumeOps  # noqa: PLC0415 - keeps pyVmomi out of collection
+    from vmdk_snap.vsphere.volumeops import VolumeOps  # noqa: PLC0415 - keeps pyVmomi out of collection
 
     return VolumeOps(session, task_timeout=60)
 

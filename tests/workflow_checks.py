@@ -2,7 +2,7 @@
 
 Chains, tokens and files come from the simulator's control API (what is on
 the datastores), snapshot trees from the property collector through
-volumeops (its reads are tested in tests/test_volumeops.py).
+volumeops (its reads are tested in tests/library/test_volumeops.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from tests.conftest import Target
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.types import Moref, SnapshotNode, datastore_of
-from vmdk_snap.volumeops.lookups import tasks_in_flight
+from vmdk_snap.vsphere.volumeops.lookups import tasks_in_flight
 
 DATASTORES = ("ds-shared-1", "ds-shared-2", "ds-local-h0")
 DELTA_RE = re.compile(r"-\d{6}\.vmdk$")

@@ -13,7 +13,7 @@
 The driver keeps the state and the sanity checks (names, status, ``force``,
 idempotency, one workflow per volume at a time, interrupted workflows) and
 hands the work to a strategy (:mod:`vmdk_snap.strategies`), whose steps
-(:mod:`vmdk_snap.workflow`) run with the journal (:mod:`vmdk_snap.engine`).
+(:mod:`vmdk_snap.workflows.table`) run with the journal (:mod:`vmdk_snap.workflows.engine`).
 
 Status rules, as Cinder's: ``available`` -> snapshot the backing; ``in-use``
 -> refused unless ``force`` (then the attached workflow); any other status is
@@ -42,12 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from vmdk_snap.consolidation import unseen_datastore_remedy
-from vmdk_snap.engine import Engine, Plan, RecoveryResult, plan_of
 from vmdk_snap.errors import Busy, InvalidState, NotFound, VmdkSnapError
-from vmdk_snap.journal import Journal
-from vmdk_snap.locks import DEFAULT_INSTANCE_WAIT, InstanceLock, VolumeLock
-from vmdk_snap.stepctx import ref_of
 from vmdk_snap.strategies import (
     AttachedStrategy,
     DetachedStrategy,
@@ -65,9 +60,14 @@ from vmdk_snap.volume_state import (
     read_state,
     refuse_stale_available,
 )
-from vmdk_snap.volumeops import VolumeOps
-from vmdk_snap.volumeops.lookups import names_of
-from vmdk_snap.workflow import OpsContext, build_steps, validate_snapshot_name
+from vmdk_snap.vsphere.volumeops import VolumeOps
+from vmdk_snap.vsphere.volumeops.lookups import names_of
+from vmdk_snap.workflows.consolidation import unseen_datastore_remedy
+from vmdk_snap.workflows.engine import Engine, Plan, RecoveryResult, plan_of
+from vmdk_snap.workflows.journal import Journal
+from vmdk_snap.workflows.locks import DEFAULT_INSTANCE_WAIT, InstanceLock, VolumeLock
+from vmdk_snap.workflows.stepctx import ref_of
+from vmdk_snap.workflows.table import OpsContext, build_steps, validate_snapshot_name
 
 __all__ = [
     "Driver",
@@ -100,10 +100,10 @@ class Driver:
     """Snapshots of Cinder VMDK volumes, attached or not, crash-safe.
 
     Args:
-        session: a connected :class:`vmdk_snap.session.Session` (or a
-            :class:`~vmdk_snap.volumeops.VolumeOps` already built on one).
+        session: a connected :class:`vmdk_snap.vsphere.session.Session` (or a
+            :class:`~vmdk_snap.vsphere.volumeops.VolumeOps` already built on one).
         journal_path: the SQLite journal (default: the user's state dir,
-            see :func:`vmdk_snap.journal.default_journal_path`); the per-volume
+            see :func:`vmdk_snap.workflows.journal.default_journal_path`); the per-volume
             lock files live beside it.
         strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
         instance_wait: how long (seconds) a workflow that changes an instance

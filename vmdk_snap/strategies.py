@@ -4,14 +4,14 @@ A coarse-grained interface, as CloudStack's pluggable VM snapshot proposal
 chose: the driver keeps the volume's state and the sanity checks (status,
 ``--force``, names, idempotency), then hands over to a strategy, which turns
 the request into a journaled workflow: a kind and the JSON parameters from
-which :func:`vmdk_snap.workflow.build_steps` rebuilds its steps (in this
+which :func:`vmdk_snap.workflows.table.build_steps` rebuilds its steps (in this
 process, or in ``recover`` after a crash).
 
 - :class:`DetachedStrategy` for ``available`` volumes: snapshot the backing;
   delete with ``consolidate=True``; revert.
 - :class:`AttachedStrategy` for ``in-use`` volumes: consolidate the volume's
   duplicated chain if the instance moved, then snapshot through a temporary
-  instance snapshot (see :mod:`vmdk_snap.workflow`); delete with
+  instance snapshot (see :mod:`vmdk_snap.workflows.table`); delete with
   ``consolidate=False`` (nothing is merged into a file the instance uses; the
   files stay as long as the chain needs them); revert is refused.
 
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vmdk_snap.errors import InvalidState, NotFound
-from vmdk_snap.stepctx import disk_json, ref_json
 from vmdk_snap.types import Disk, SnapshotNode, VmInfo, datastore_of
-from vmdk_snap.workflow import ALLOW_SHARING, CHILD_MOST, temp_snapshot_name
+from vmdk_snap.workflows.stepctx import disk_json, ref_json
+from vmdk_snap.workflows.table import ALLOW_SHARING, CHILD_MOST, temp_snapshot_name
 
 __all__ = [
     "DEEP_CHAIN_REMEDY",
@@ -235,7 +235,7 @@ class AttachedStrategy:
 
 # vSphere refuses a snapshot that would put a 33rd delta on a disk
 # (TooManySnapshotLevels). A forced snapshot adds one delta to every
-# non-independent disk of the instance (kept, see vmdk_snap.workflow) and one
+# non-independent disk of the instance (kept, see vmdk_snap.workflows.table) and one
 # to the backing's: refuse before changing anything when that would fail.
 MAX_DELTAS = 32
 

@@ -1,6 +1,6 @@
 """Plain, frozen values that describe vSphere objects above volumeops.
 
-Nothing above :mod:`vmdk_snap.volumeops` sees a pyVmomi object: volumeops
+Nothing above :mod:`vmdk_snap.vsphere.volumeops` sees a pyVmomi object: volumeops
 reads with explicit property paths and returns these.
 """
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from vmdk_snap.errors import InvalidInput, InvalidState
 from vmdk_snap.strategies import VolumeState, stale_files, volume_disk_of
 from vmdk_snap.types import datastore_of
-from vmdk_snap.volumeops import VolumeOps
+from vmdk_snap.vsphere.volumeops import VolumeOps
 
 __all__ = [
     "AVAILABLE",

@@ -1,0 +1,276 @@
+"""The ``vmdk-snap`` subcommands: each a thin adapter over :class:`vmdk_snap.driver.Driver`."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from typing import Any, Protocol
+
+from vmdk_snap.cli import views
+from vmdk_snap.cli.base import EXIT_OK, EXIT_PARTIAL, Context, parse_volume
+from vmdk_snap.driver import validate_snapshot_name
+from vmdk_snap.errors import VmdkSnapError
+from vmdk_snap.vsphere.volumeops.inventory import read_inventory
+
+__all__ = ["add_command", "register"]
+
+
+class _Subparsers(Protocol):
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
+
+
+def add_command(
+    sub: _Subparsers, common: argparse.ArgumentParser, name: str, summary: str, examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand parser with an ``Examples:`` block in its help, as govc's."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog="Examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+
+
+def register(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    for add in (_snapshot, _delete, _revert, _list, _check, _consolidate, _recover):
+        add(sub, common)
+
+
+# -- snapshot ------------------------------------------------------------------
+
+
+def _snapshot(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        common,
+        "snapshot",
+        "Snapshot a volume; an attached (in-use) one only with --force.",
+        """
+        vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name nightly
+        vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name pre-upgrade --force --dry-run
+        vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name db --force --quiesce --json
+
+        A snapshot NAME the volume already has is reported ("already exists",
+        JSON "created": false) and nothing changes, even without --force: a
+        repeated request is a retry and gets the first snapshot.
+        """,
+    )
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("--name", required=True, help="snapshot name (Cinder: snapshot-<id>)")
+    p.add_argument("--force", action="store_true", help="snapshot even if attached (in-use)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--quiesce", action="store_true", help="quiesce the guest (needs Tools)")
+    p.set_defaults(run=run_snapshot)
+
+
+def run_snapshot(ctx: Context) -> int:
+    a = ctx.args
+    volume, name = parse_volume(a.volume), validate_snapshot_name(a.name)
+    with ctx.driver() as driver:
+        if a.dry_run:
+            plan = driver.plan_snapshot(volume, name, force=a.force)
+            return views.show_plan(ctx.out, "snapshot", volume.id, plan)
+        progress = ctx.out.progress()
+        try:
+            result = driver.take_snapshot(
+                volume, name, force=a.force, quiesce=a.quiesce, on_progress=progress.listener()
+            )
+        finally:
+            progress.close()
+    ctx.out.text(f"volume-{volume.id}: {views.snapshot_outcome(result)}")
+    ctx.out.document(
+        "snapshot",
+        {
+            "volume": volume.id,
+            "created": result.created,
+            "snapshot": views.snapshot_doc(result.node),
+        },
+    )
+    return EXIT_OK
+
+
+# -- delete / revert -----------------------------------------------------------
+
+
+def _delete(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        common,
+        "delete",
+        "Delete a snapshot of a volume (a snapshot already gone is not an error).",
+        """
+        vmdk-snap delete 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 nightly
+        vmdk-snap delete volume-3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 snapshot-77b0c4de --json
+        """,
+    )
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot name")
+    p.set_defaults(run=run_delete)
+
+
+def run_delete(ctx: Context) -> int:
+    volume, name = parse_volume(ctx.args.volume), validate_snapshot_name(ctx.args.snapshot)
+    with ctx.driver() as driver:
+        deleted = driver.delete_snapshot(volume, name)
+    if deleted:
+        ctx.out.text(f"deleted snapshot {name} of volume-{volume.id}")
+    else:
+        ctx.out.text(f"snapshot {name} of volume-{volume.id} was already gone: nothing to do")
+    ctx.out.document("delete", {"volume": volume.id, "snapshot": name, "deleted": deleted})
+    return EXIT_OK
+
+
+def _revert(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        common,
+        "revert",
+        "Revert a detached (available) volume to a snapshot; later changes are lost.",
+        """
+        vmdk-snap revert 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 nightly
+        """,
+    )
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot name")
+    p.set_defaults(run=run_revert)
+
+
+def run_revert(ctx: Context) -> int:
+    volume, name = parse_volume(ctx.args.volume), validate_snapshot_name(ctx.args.snapshot)
+    with ctx.driver() as driver:
+        driver.revert_to_snapshot(volume, name)
+    ctx.out.text(f"reverted volume-{volume.id} to snapshot {name}")
+    ctx.out.document("revert", {"volume": volume.id, "snapshot": name, "reverted": True})
+    return EXIT_OK
+
+
+# -- list / check ---------------------------------------------------------------
+
+
+def _list(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        common,
+        "list",
+        "Show a volume's snapshots and its disk chain(s) as trees.",
+        """
+        vmdk-snap list 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
+        vmdk-snap list volume-3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --json | jq '.snapshots[].name'
+        """,
+    )
+    p.add_argument("volume", metavar="VOLUME")
+    p.set_defaults(run=run_list, reads_only=True)
+
+
+def run_list(ctx: Context) -> int:
+    volume = parse_volume(ctx.args.volume)
+    with ctx.driver() as driver:
+        state = driver.describe(volume)
+    ctx.out.text(views.list_text(state))
+    ctx.out.document("list", views.volume_doc(state))
+    return EXIT_OK
+
+
+def _check(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        common,
+        "check",
+        "Check volumes: where attached, duplicated chain, consolidationNeeded, depth, "
+        "forced snapshots left, host and datastore.",
+        """
+        vmdk-snap check 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
+        vmdk-snap check --all
+        vmdk-snap check --all --json | jq '.volumes[] | select(.duplicated)'
+        vmdk-snap check --all --json | jq '.volumes[] | select(.forced_snapshots_left == 0)'
+        """,
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("volume", metavar="VOLUME", nargs="?")
+    target.add_argument("--all", action="store_true", help="every Cinder volume in vCenter")
+    p.set_defaults(run=run_check, reads_only=True)
+
+
+def run_check(ctx: Context) -> int:
+    if not ctx.args.all:
+        volume = parse_volume(ctx.args.volume)
+        with ctx.driver() as driver:
+            state = driver.describe(volume)
+        ctx.out.text(views.check_text(state))
+        ctx.out.document("check", {"volumes": [views.volume_doc(state)], "errors": []})
+        return EXIT_OK
+    states, errors = [], []
+    with ctx.driver() as driver:
+        for vid in read_inventory(driver.ops.session).volumes:
+            try:
+                states.append(driver.describe(vid))
+            except VmdkSnapError as exc:  # one odd volume must not hide the others
+                errors.append(views.error_doc(vid, exc))
+    ctx.out.text(views.check_all_text(states, errors))
+    ctx.out.document("check", {"volumes": [views.volume_doc(s) for s in states], "errors": errors})
+    return EXIT_PARTIAL if errors else EXIT_OK
+
+
+# -- consolidate / recover --------------------------------------------------------
+
+
+def _consolidate(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        common,
+        "consolidate",
+        "Re-join a volume's duplicated chain: the backing takes the instance's newer VMDK.",
+        """
+        vmdk-snap consolidate 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --dry-run
+        vmdk-snap consolidate 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
+        """,
+    )
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.set_defaults(run=run_consolidate)
+
+
+def run_consolidate(ctx: Context) -> int:
+    volume = parse_volume(ctx.args.volume)
+    with ctx.driver() as driver:
+        if ctx.args.dry_run:
+            return views.show_plan(
+                ctx.out, "consolidate", volume.id, driver.plan_consolidate(volume)
+            )
+        progress = ctx.out.progress()
+        try:
+            changed = driver.consolidate(volume, on_progress=progress.listener())
+        finally:
+            progress.close()
+        state = driver.describe(volume)
+    if changed:
+        head = f"consolidated volume-{volume.id}"
+    else:
+        head = f"volume-{volume.id}: nothing to consolidate (its chain is not duplicated)"
+    ctx.out.text(head + "\n" + views.list_text(state))
+    ctx.out.document("consolidate", {**views.volume_doc(state), "consolidated": changed})
+    return EXIT_OK
+
+
+def _recover(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        common,
+        "recover",
+        "Finish or roll back every workflow a crash interrupted (from the journal).",
+        """
+        vmdk-snap recover
+        vmdk-snap recover --journal /var/lib/vmdk-snap/journal.sqlite --json
+        """,
+    )
+    p.set_defaults(run=run_recover)
+
+
+def run_recover(ctx: Context) -> int:
+    with ctx.driver() as driver:
+        results = driver.recover()
+    ctx.out.text(views.recover_text(results))
+    ctx.out.document("recover", {"workflows": [views.recovery_doc(r) for r in results]})
+    return EXIT_OK

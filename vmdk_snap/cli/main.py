@@ -1,0 +1,172 @@
+"""The ``vmdk-snap`` command line: parsing, logging, errors and exit codes.
+
+Each subcommand is a thin adapter over :mod:`vmdk_snap.driver` in
+:mod:`vmdk_snap.cli.commands` (``batch`` in :mod:`vmdk_snap.cli.batch`);
+this module only wires them up. See :mod:`vmdk_snap.cli.base` for the exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import NoReturn, TextIO
+
+from vmdk_snap import __version__
+from vmdk_snap.cli import batch as cli_batch
+from vmdk_snap.cli import commands as cli_commands
+from vmdk_snap.cli.base import EXIT_USAGE, Context, UsageError, classify, one_line
+from vmdk_snap.cli.output import Output
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Consistent snapshots of Cinder VMDK volumes on vSphere, attached or not,
+without detaching or copying them. VOLUME is a Cinder volume id or volume-<id>.
+
+Connection (highest precedence first): flags; VMDK_SNAP_URL, VMDK_SNAP_USERNAME,
+VMDK_SNAP_PASSWORD, VMDK_SNAP_CA_FILE, VMDK_SNAP_THUMBPRINT, VMDK_SNAP_INSECURE;
+govc's GOVC_URL (user:pass@host allowed), GOVC_USERNAME, GOVC_PASSWORD,
+GOVC_INSECURE; the [vcenter] section of --config (default
+~/.config/vmdk-snap/config.ini; a password there only if the file is chmod 600);
+for the password, a prompt on a terminal. The password is never a flag.
+
+Exit codes: 0 ok, 1 unexpected, 2 usage/input/config, 3 not found,
+4 wrong state, 5 busy, 6 connection/certificate/login, 7 vCenter task failed,
+8 partial (batch, check --all), 9 run 'vmdk-snap recover', 130 interrupted.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the message says where to get help), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options accepted before or after the subcommand (as govc's flags)."""
+    p = _Parser(add_help=False)
+    s = argparse.SUPPRESS
+    g = p.add_argument_group("connection and output")
+    g.add_argument("--url", default=s, help="vCenter SDK URL, e.g. https://vc.example.org/sdk")
+    g.add_argument("--username", "-u", default=s, help="vCenter user name")
+    g.add_argument("--ca-file", default=s, help="CA bundle (PEM) to verify vCenter's certificate")
+    g.add_argument("--thumbprint", default=s, help="pinned SHA-256 thumbprint of the certificate")
+    g.add_argument(
+        "--insecure", "-k", action="store_true", default=s, help="skip certificate checks"
+    )
+    g.add_argument("--config", default=s, help="config file (default ~/.config/vmdk-snap/...)")
+    g.add_argument("--journal", default=s, help="workflow journal (SQLite) path")
+    g.add_argument("--json", action="store_true", default=s, help="print one JSON document")
+    g.add_argument("-v", "--verbose", action="count", default=s, help="log to stderr (-vv: debug)")
+    return p
+
+
+_DEFAULTS = {
+    "url": None,
+    "username": None,
+    "ca_file": None,
+    "thumbprint": None,
+    "insecure": False,
+    "config": None,
+    "journal": None,
+    "json": False,
+    "verbose": 0,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = _Parser(
+        prog="vmdk-snap",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"vmdk-snap {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    cli_commands.register(sub, common)
+    cli_batch.register(sub, common)
+    return parser
+
+
+def _logging(verbose: int, stderr: TextIO) -> logging.Handler:
+    """Logs on stderr with -v (info) or -vv (debug); without -v, none.
+
+    Without -v the command's one-line error says what went wrong; the
+    library's warnings on the way there (a failed step before its rollback)
+    would only repeat it.
+    """
+    handler = logging.StreamHandler(stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
+    )
+    level = logging.INFO if verbose == 1 else logging.DEBUG if verbose else logging.CRITICAL + 1
+    handler.setLevel(level)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if verbose:
+        root.setLevel(min(root.getEffectiveLevel(), level))
+    if verbose < 2:  # pyVmomi and urllib3 are very chatty at debug
+        for name in ("pyVmomi", "urllib3"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return handler
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    interactive: bool | None = None,
+) -> int:
+    """Run one ``vmdk-snap`` command and return its exit code."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except UsageError as exc:
+        print(f"vmdk-snap: {exc}", file=stderr, flush=True)
+        return EXIT_USAGE
+    # Defaults here, not with set_defaults: the option objects are shared with
+    # the subcommands (parents=), and a default there would undo "--json list".
+    for key, value in _DEFAULTS.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    ctx = Context(
+        args=args,
+        out=Output(stdout, stderr, as_json=args.json),
+        env=os.environ if env is None else env,
+        interactive=interactive,
+    )
+    handler = _logging(args.verbose, stderr)
+    try:
+        code: int = args.run(ctx)
+        return code
+    # The one place any error becomes a one-line message and its exit code.
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001
+        code, kind = classify(exc)
+        message = one_line(exc)
+        if args.verbose:
+            traceback.print_exception(exc, file=stderr)
+        print(f"vmdk-snap: {message}", file=stderr, flush=True)
+        ctx.out.document(
+            args.command, {"error": {"kind": kind, "exit_code": code, "message": message}}
+        )
+        return code
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

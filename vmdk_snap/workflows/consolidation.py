@@ -1,0 +1,239 @@
+"""Consolidation steps: re-join a volume whose instance was moved, copying nothing.
+
+After a storage vMotion of the instance the backing still holds the old copy
+of the volume's chain while the instance writes to its newer copy. These
+steps (see :mod:`vmdk_snap.workflows.table` for the whole design) give the backing
+the instance's file:
+
+1. ``relocate_backing`` (only when host, pool or datastore differ): the
+   backing's home moves, a disk locator keeping its old disk where it is;
+2. ``swap_backing_disk``: one ReconfigVM detaches the old disk (files kept,
+   so the step can be undone) and attaches the instance's current VMDK;
+3. ``delete_stale_copy``, last of the whole workflow: the old copy's files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vmdk_snap.errors import InvalidInput, InvalidState, NotFound, VmdkSnapError
+from vmdk_snap.types import DiskLocator, datastore_of
+from vmdk_snap.vsphere.volumeops.lookups import names_of
+from vmdk_snap.workflows.engine import Changes, Step
+from vmdk_snap.workflows.stepctx import (
+    OpsContext,
+    disk_of,
+    only_disk,
+    ref_of,
+    set_backing_disk,
+    spec_for,
+)
+
+__all__ = [
+    "ALLOW_SHARING",
+    "CHILD_MOST",
+    "consolidation_steps",
+    "delete_stale_copy",
+    "relocate_backing",
+    "swap_backing_disk",
+    "unseen_datastore_remedy",
+]
+
+log = logging.getLogger(__name__)
+
+ALLOW_SHARING = "moveAllDiskBackingsAndAllowSharing"
+CHILD_MOST = "moveChildMostDiskBacking"
+
+
+def _named(where: dict[str, Any], key: str) -> str:
+    """The name recorded for ``where[key]`` (plans look names up), else its moref."""
+    name = where.get(f"{key}_name")
+    return str(name) if name else str(where[key][1])
+
+
+def unseen_datastore_remedy(host: str, datastore: str, instance: str) -> str:
+    """What to do when the instance's host cannot see the backing's old datastore."""
+    return (
+        f"mount {datastore} on {host}, or vMotion instance {instance} to a host that sees "
+        "both, then retry"
+    )
+
+
+def _names(ctx: OpsContext, where: dict[str, Any]) -> tuple[str, str]:
+    """Host and pool names for an error message (one read), else their morefs."""
+    refs = [ref_of(where["host"]), ref_of(where["pool"])]
+    try:
+        names = names_of(ctx.ops.session, refs)
+    except VmdkSnapError as exc:
+        log.info("could not read the names of %s: %s", refs, exc)
+        names = {}
+    return names.get(refs[0]) or _named(where, "host"), names.get(refs[1]) or _named(where, "pool")
+
+
+def swap_backing_disk() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        p = ctx.params
+        return (
+            f"backing {p['backing_name']}: detach {p['disk']['path']} (files kept) and attach "
+            f"the instance's current {p['instance_top']}"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        old = disk_of(ctx.params["disk"])
+        ctx.run(
+            ctx.ops.start_reconfigure_disks(
+                ctx.vm("backing"),
+                remove=[(old, False)],
+                add=[spec_for(old, ctx.params["instance_top"])],
+            )
+        )
+        return {"old": old.path, "new": ctx.params["instance_top"]}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        set_backing_disk(ctx, changes["old"])
+
+    def check(ctx: OpsContext) -> Changes | None:
+        disk = only_disk(ctx.read("backing"))
+        if disk.path == ctx.params["instance_top"]:
+            return {"old": ctx.params["disk"]["path"], "new": disk.path}
+        return None
+
+    return Step(
+        "swap_backing_disk",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text="re-attach the old disk in place of the instance's file (files were kept)",
+    )
+
+
+def relocate_backing() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        r, o = ctx.params["relocate"], ctx.params["origin"]
+        return (
+            f"relocate backing {ctx.params['backing_name']} from host {_named(o, 'host')}, "
+            f"pool {_named(o, 'pool')}, datastore {o['datastore_name']} to host "
+            f"{_named(r, 'host')}, pool {_named(r, 'pool')}, datastore {r['datastore_name']} "
+            f"({r['move_type']}); its disk stays on {r['keep_disk']['datastore_name']}: "
+            "no data is copied"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        r = ctx.params["relocate"]
+        k = r["keep_disk"]
+        try:
+            ctx.run(
+                ctx.ops.start_relocate(
+                    ctx.vm("backing"),
+                    host=ref_of(r["host"]),
+                    pool=ref_of(r["pool"]),
+                    datastore=ref_of(r["datastore"]) if r.get("datastore") else None,
+                    disk_move_type=r["move_type"],
+                    disks=[DiskLocator(int(k["key"]), ref_of(k["datastore"]))],
+                )
+            )
+        except InvalidInput as exc:
+            # vCenter checks that the host sees every datastore the VM would
+            # use before it moves anything (the call's fault or the task's
+            # error): nothing changed. Not the user's input but where the
+            # instance is: a wrong state (exit 4), with what to do.
+            host, pool = _names(ctx, r)
+            old, new = k["datastore_name"], r["datastore_name"]
+            why = exc.message.rstrip(".")
+            raise InvalidState(
+                f"vCenter refused to move backing {ctx.params['backing_name']} to instance "
+                f"{ctx.params['instance_name']}'s host {host} (pool {pool}, datastore {new}) "
+                f"while its old disk stays on {old}: {why}; nothing was changed",
+                hint=f"host {host} must see datastore {old} as well as {new}: "
+                + unseen_datastore_remedy(host, old, ctx.params["instance_name"]),
+                fault=exc.fault,
+                task=exc.task,
+            ) from exc
+        return {"from": ctx.params["origin"]}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        origin = changes["from"]
+        backing = ctx.read("backing")
+        disk = only_disk(backing)
+        # Home back where it was; the disk stays on its datastore (no copy).
+        here = ctx.ops.datastore_named(datastore_of(disk.path))
+        ctx.run(
+            ctx.ops.start_relocate(
+                backing.ref,
+                host=ref_of(origin["host"]),
+                pool=ref_of(origin["pool"]),
+                datastore=ctx.ops.datastore_named(origin["datastore_name"]),
+                disk_move_type=CHILD_MOST,
+                disks=[DiskLocator(disk.key, here, CHILD_MOST)],
+            )
+        )
+
+    def check(ctx: OpsContext) -> Changes | None:
+        r = ctx.params["relocate"]
+        backing = ctx.read("backing")
+        # All three: a move may change only the pool (same host and datastore).
+        moved = (
+            backing.host == ref_of(r["host"])
+            and backing.resource_pool == ref_of(r["pool"])
+            and datastore_of(backing.vm_path_name) == r["datastore_name"]
+        )
+        return {"from": ctx.params["origin"]} if moved else None
+
+    return Step(
+        "relocate_backing",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text="relocate the backing back to its host, pool and datastore (disk stays)",
+    )
+
+
+def delete_stale_copy() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        return "delete the old copy, which no VM uses any more: " + ", ".join(ctx.params["stale"])
+
+    def do(ctx: OpsContext) -> Changes:
+        deleted = []
+        for path in ctx.params["stale"]:
+            try:
+                ctx.run(ctx.ops.start_delete_disk_file(path))
+            except NotFound as exc:
+                # Expected when recovery runs the step again; otherwise worth a look.
+                log.warning("could not delete stale copy %s (already gone?): %s", path, exc)
+            deleted.append(path)
+        return {"deleted": deleted}
+
+    def check(ctx: OpsContext) -> Changes | None:
+        # Whether the files are gone is not in any VM's state; deleting again
+        # is harmless (a file already gone is only logged), so recover simply
+        # runs the step again, after waiting for a delete still in flight.
+        return None
+
+    return Step(
+        "delete_stale_copy",
+        describe,
+        do,
+        None,
+        check,
+        undo_text=(
+            "none, by design: deleted files cannot come back. It runs only after the point "
+            "of no return, when neither a VM nor any undo needs the old copy; if it fails, "
+            "`vmdk-snap recover` deletes the files"
+        ),
+        # Once it starts the consolidation is final: undoing the swap would
+        # re-attach files this step may already have deleted.
+        forward_only=True,
+    )
+
+
+def consolidation_steps(params: dict[str, Any]) -> list[Step[OpsContext]]:
+    """Relocate when the backing is elsewhere; swap when its disk lags behind the instance."""
+    steps: list[Step[OpsContext]] = []
+    if params.get("relocate") is not None:
+        steps.append(relocate_backing())
+    if params.get("swap"):
+        steps.append(swap_backing_disk())
+    return steps

@@ -1,0 +1,392 @@
+"""Snapshot steps: the forced snapshot through the instance, delete and revert.
+
+Each step's ``check`` looks only at vCenter's state (snapshot trees by name,
+disk paths, the current snapshot), never only at a journaled task id: after a
+crash the journal may lack the id of the last call the process sent, and
+recovery first waits for any task still running on the workflow's VMs (see
+:meth:`vmdk_snap.workflows.stepctx.OpsContext.settle`). Why each undo is what it is, and
+why some steps have none, is in :mod:`vmdk_snap.workflows.table`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vmdk_snap.errors import NotFound, TaskFailed, TaskTimeout
+from vmdk_snap.types import Disk, Moref, VmInfo
+from vmdk_snap.workflows.engine import Changes, Step
+from vmdk_snap.workflows.merge_guard import merge_refusal, sharing_vms, snapshots_to_read
+from vmdk_snap.workflows.stepctx import (
+    OpsContext,
+    directory,
+    only_disk,
+    ref_json,
+    ref_of,
+    set_backing_disk,
+    spec_for,
+)
+
+__all__ = [
+    "follow_other_volumes",
+    "hand_over_top",
+    "remove_backing_snapshot",
+    "remove_instance_snapshot",
+    "revert_backing",
+    "snapshot_backing",
+    "snapshot_instance",
+]
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_instance() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        q = " quiesced" if ctx.params["quiesce"] else ""
+        return (
+            f"create{q} temporary snapshot {ctx.params['temp_name']} of instance "
+            f"{ctx.params['instance_name']}: each of its non-independent disks gets a delta"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        # The name is in the journal (params, and this step's intent) before
+        # the call: recovery finds the snapshot by it whatever happened next.
+        snap = ctx.run_for_ref(
+            ctx.ops.start_create_snapshot(
+                ctx.vm("instance"),
+                ctx.params["temp_name"],
+                f"vmdk-snap: temporary, for volume snapshot {ctx.params['name']}",
+                memory=False,
+                quiesce=bool(ctx.params["quiesce"]),
+            )
+        )
+        return {"snapshot": ref_json(snap)}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        # Merge back only when no snapshot or other chain holds the files the
+        # merge writes into or deletes (vmdk_snap.workflows.merge_guard): then the
+        # instance's disks are on exactly their old files again.
+        snap = ref_of(changes["snapshot"])
+        instance = ctx.read("instance")
+        backings, missing = sharing_vms(
+            ctx.ops, instance, ctx.params["volume_id"], ctx.vm("backing")
+        )
+        disks = ctx.ops.snapshots_disks(snapshots_to_read(instance, backings))
+        why = merge_refusal(instance, snap, backings, disks)
+        if why is None and missing:
+            why = f"no backing found for {missing[0]}: who else uses its file is unknown"
+        if why is None:
+            try:
+                ctx.run(ctx.ops.start_remove_snapshot(snap, False, True))
+                return
+            except TaskFailed as exc:
+                if isinstance(exc, TaskTimeout):
+                    raise
+                why = f"the merge failed: {exc}"
+                if ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None:
+                    log.warning("temporary snapshot removed, its deltas not merged: %s", why)
+                    return
+        log.warning(
+            "removing the temporary snapshot of %s without merging (its disks keep one "
+            "delta, data unchanged): %s",
+            ctx.params["instance_name"],
+            why,
+        )
+        ctx.run(ctx.ops.start_remove_snapshot(snap, False, False))
+
+    def check(ctx: OpsContext) -> Changes | None:
+        node = ctx.read("instance").snapshot_named(ctx.params["temp_name"])
+        return {"snapshot": ref_json(node.ref)} if node is not None else None
+
+    return Step(
+        "snapshot_instance",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text=(
+            "remove the temporary snapshot, merging its deltas back when no snapshot or other "
+            "chain holds those files (else consolidate=False: one delta kept, data unchanged)"
+        ),
+    )
+
+
+def snapshot_backing(*, attached: bool) -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        held = "the instance's frozen file" if attached else "the volume's current file"
+        return (
+            f"create snapshot {ctx.params['name']} of backing {ctx.params['backing_name']}: "
+            f"it holds {held}"
+        )
+
+    def base(ctx: OpsContext) -> str:
+        return str(ctx.params["frozen"] if attached else ctx.params["disk"]["path"])
+
+    def do(ctx: OpsContext) -> Changes:
+        snap = ctx.run_for_ref(
+            ctx.ops.start_create_snapshot(
+                ctx.vm("backing"),
+                ctx.params["name"],
+                ctx.params.get("description", ""),
+                memory=False,
+                quiesce=False,
+            )
+        )
+        return {"snapshot": ref_json(snap), "base": base(ctx)}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        # Give the backing back the file the snapshot holds (destroying its
+        # own fresh delta, keeping a file the instance uses), then removing the
+        # snapshot merges nothing.
+        backing = ctx.read("backing")
+        current = only_disk(backing)
+        if current.path != changes["base"]:
+            own = directory(current.path) == directory(backing.vm_path_name)
+            ctx.run(
+                ctx.ops.start_reconfigure_disks(
+                    backing.ref,
+                    remove=[(current, own)],
+                    add=[spec_for(current, changes["base"])],
+                )
+            )
+        ctx.run(ctx.ops.start_remove_snapshot(ref_of(changes["snapshot"]), False, True))
+
+    def check(ctx: OpsContext) -> Changes | None:
+        node = ctx.read("backing").snapshot_named(ctx.params["name"])
+        if node is None:
+            return None
+        return {"snapshot": ref_json(node.ref), "base": base(ctx)}
+
+    return Step(
+        "snapshot_backing",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text="give the backing back the snapshot's file, then remove the snapshot",
+    )
+
+
+def hand_over_top() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"one ReconfigVM of backing {ctx.params['backing_name']}: destroy its fresh delta "
+            "and attach the instance's new delta (both then share the volume's current file)"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        backing, instance = ctx.ops.get_vms([ctx.vm("backing"), ctx.vm("instance")])
+        ctx.seen.update(backing=backing, instance=instance)
+        current = only_disk(backing)
+        disk = instance.disk_by_path(ctx.params["frozen"])
+        if disk is None:
+            raise NotFound(
+                f"instance {instance.name} no longer has the volume's file {ctx.params['frozen']}",
+                hint=(
+                    "the volume was detached while it was being snapshotted; the snapshot was "
+                    "rolled back: take it again as an available volume (without --force)"
+                ),
+            )
+        ctx.run(
+            ctx.ops.start_reconfigure_disks(
+                backing.ref, remove=[(current, True)], add=[spec_for(current, disk.path)]
+            )
+        )
+        return {"destroyed": current.path, "top": disk.path}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        # The instance keeps writing to the shared file: detach it, keep it.
+        set_backing_disk(ctx, ctx.params["frozen"])
+
+    def check(ctx: OpsContext) -> Changes | None:
+        backing, instance = ctx.ops.get_vms([ctx.vm("backing"), ctx.vm("instance")])
+        disk = instance.disk_by_path(ctx.params["frozen"])
+        current = only_disk(backing)
+        if disk is not None and current.path == disk.path:
+            return {"destroyed": None, "top": disk.path}
+        return None
+
+    return Step(
+        "hand_over_top",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text="detach the instance's file from the backing (kept) and re-attach the frozen one",
+    )
+
+
+def remove_instance_snapshot() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"remove the temporary snapshot {ctx.params['temp_name']} of instance "
+            f"{ctx.params['instance_name']} with consolidate=False: its tree is as before, "
+            "no file is merged or deleted"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        snap = ctx.results["snapshot_instance"]["snapshot"]
+        ctx.run(ctx.ops.start_remove_snapshot(ref_of(snap), False, False))
+        return {"removed": snap}
+
+    def check(ctx: OpsContext) -> Changes | None:
+        gone = ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None
+        return {"removed": ctx.results["snapshot_instance"]["snapshot"]} if gone else None
+
+    return Step(
+        "remove_instance_snapshot",
+        describe,
+        do,
+        None,
+        check,
+        undo_text=(
+            "none: the point of no return. A removed snapshot cannot be re-created (a new one "
+            "would freeze a later moment), and from here the volume's snapshot is complete; a "
+            "failure or crash from now on is finished forward by `vmdk-snap recover`"
+        ),
+    )
+
+
+def _lagging_backings(ctx: OpsContext, instance: VmInfo) -> list[tuple[VmInfo, Disk]]:
+    """Other volumes' backings left on the parent of the instance's new delta.
+
+    A backing whose file is the parent of the instance's current file for
+    that volume shared the instance's file before the temporary snapshot
+    (not duplicated). A backing that was already duplicated before points
+    elsewhere and is left as it was. Independent disks got no delta.
+    """
+    candidates: list[tuple[Moref, Disk]] = []
+    found = ctx.ops.find_volume_backings(instance, skip=ctx.params["volume_id"])
+    for volume_id, ref in found.items():
+        disk = instance.disk_by_uuid(instance.volume_keys[f"volume-{volume_id}"])
+        if disk is None or disk.independent:
+            continue
+        if ref is None:
+            log.warning(
+                "no backing found for volume %s of %s: left as it is", volume_id, instance.name
+            )
+        elif len(disk.chain) >= 2:
+            candidates.append((ref, disk))
+    backings = ctx.ops.get_vms([ref for ref, _ in candidates]) if candidates else []
+    return [
+        (backing, disk)
+        for backing, (_, disk) in zip(backings, candidates, strict=True)
+        if len(backing.disks) == 1 and backing.disks[0].path == disk.chain[1]
+    ]
+
+
+def follow_other_volumes() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"give every other volume of instance {ctx.params['instance_name']} that shared the "
+            "instance's file its new delta (one ReconfigVM per backing; old file kept)"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        # The hand-over read the instance after its snapshot, and removing the
+        # snapshot without consolidating moved no disk: that read is current.
+        # (Recovery, or anything unexpected, reads again.)
+        instance = ctx.seen.get("instance")
+        top = ctx.results.get("hand_over_top", {}).get("top")
+        if instance is None or top is None or instance.disk_by_path(top) is None:
+            instance = ctx.read("instance")
+        others = [k for k in instance.volume_keys if k != f"volume-{ctx.params['volume_id']}"]
+        if not others:
+            return {"followed": []}
+        done = []
+        for backing, disk in _lagging_backings(ctx, instance):
+            current = only_disk(backing)
+            ctx.run(
+                ctx.ops.start_reconfigure_disks(
+                    backing.ref, remove=[(current, False)], add=[spec_for(current, disk.path)]
+                )
+            )
+            done.append([backing.name, disk.path])
+        return {"followed": done}
+
+    def check(ctx: OpsContext) -> Changes | None:
+        lagging = _lagging_backings(ctx, ctx.read("instance"))
+        return None if lagging else {"followed": None}
+
+    return Step(
+        "follow_other_volumes",
+        describe,
+        do,
+        None,
+        check,
+        undo_text=(
+            "none: it runs after the point of no return (the instance already writes these "
+            "volumes to its new deltas); recover finishes it forward"
+        ),
+    )
+
+
+def remove_backing_snapshot() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        if ctx.params["consolidate"]:
+            how = "consolidate=True: its delta is merged into its parent"
+        else:
+            how = (
+                "consolidate=False: the volume is attached, so nothing is merged into a file "
+                "the instance uses; every file is kept"
+            )
+        return (
+            f"remove snapshot {ctx.params['name']} of backing {ctx.params['backing_name']} ({how})"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        snap = ref_of(ctx.params["snapshot"])
+        ctx.run(ctx.ops.start_remove_snapshot(snap, False, bool(ctx.params["consolidate"])))
+        return {"removed": ctx.params["snapshot"]}
+
+    def check(ctx: OpsContext) -> Changes | None:
+        gone = ctx.read("backing").snapshot_named(ctx.params["name"]) is None
+        return {"removed": ctx.params["snapshot"]} if gone else None
+
+    return Step(
+        "remove_snapshot",
+        describe,
+        do,
+        None,
+        check,
+        undo_text=(
+            "none: a removed snapshot cannot be re-created as it was. It is the only step, so "
+            "a failure changes nothing, and after a crash recover reads the snapshot tree to "
+            "tell whether it happened"
+        ),
+    )
+
+
+def revert_backing() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"revert backing {ctx.params['backing_name']} to snapshot {ctx.params['name']}: "
+            "its current data is discarded"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        ctx.run(ctx.ops.start_revert_to_snapshot(ref_of(ctx.params["snapshot"])))
+        return {"reverted_to": ctx.params["snapshot"]}
+
+    def check(ctx: OpsContext) -> Changes | None:
+        # A revert puts a fresh delta on top of the snapshot's file, so the
+        # backing's disk is no longer the one it had when the workflow began,
+        # and the snapshot is current. (The settled task's outcome, when the
+        # journal has its id, says the same.)
+        backing = ctx.read("backing")
+        target = ref_of(ctx.params["snapshot"])
+        fresh = only_disk(backing).path != ctx.params["disk"]["path"]
+        happened = ctx.settled or (backing.current_snapshot == target and fresh)
+        return {"reverted_to": ctx.params["snapshot"]} if happened else None
+
+    return Step(
+        "revert_to_snapshot",
+        describe,
+        do,
+        None,
+        check,
+        undo_text=(
+            "none: the data written since the snapshot is discarded by vSphere. It is the "
+            "only step, so a failure changes nothing, and after a crash recover reads the "
+            "backing's disk to tell whether it happened"
+        ),
+    )

@@ -1,0 +1,194 @@
+"""What the workflow steps share: the context and JSON forms of vSphere values.
+
+Steps of :mod:`vmdk_snap.workflows.table` get an :class:`OpsContext`: the workflow's
+journaled parameters (JSON, so that ``recover`` can rebuild the steps in
+another process), what earlier steps changed, and the vSphere operations.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmdk_snap.errors import NotFound
+from vmdk_snap.types import Disk, DiskSpec, Moref, TaskRef, VmInfo
+from vmdk_snap.vsphere.volumeops import VolumeOps
+from vmdk_snap.vsphere.volumeops.lookups import tasks_in_flight
+from vmdk_snap.workflows.engine import Context
+
+__all__ = [
+    "OTHER_BACKINGS_STEPS",
+    "OpsContext",
+    "directory",
+    "disk_json",
+    "disk_of",
+    "only_disk",
+    "ref_json",
+    "ref_of",
+    "set_backing_disk",
+    "spec_for",
+]
+
+log = logging.getLogger(__name__)
+
+# Steps that reconfigure VMs besides the workflow's backing and instance: the
+# backings of the instance's other volumes (snapshot_steps.follow_other_volumes).
+OTHER_BACKINGS_STEPS = frozenset({"follow_other_volumes"})
+
+
+@dataclass
+class OpsContext(Context):
+    """Steps' context: the journaled params plus the vSphere operations."""
+
+    ops: VolumeOps = field(kw_only=True)
+    # The latest read of each VM (not journaled): lets the driver answer
+    # without reading again.
+    seen: dict[str, VmInfo] = field(default_factory=dict, kw_only=True)
+    settle_timeout: float = field(default=600.0, kw_only=True)
+    settled: bool | None = field(default=None, kw_only=True)  # outcome of the task settled
+
+    def run(self, task: TaskRef) -> Any:
+        """Journal a started task, wait for it (feeding progress), return its result."""
+        self.task_started(task)
+        if self.on_progress is None:
+            # Without a listener the wait needs no progress filter (fewer calls).
+            return self.ops.wait(task)
+        return self.ops.wait(task, None, lambda _t, pct: self.progress(pct))
+
+    def run_for_ref(self, task: TaskRef) -> Moref:
+        """:meth:`run` for a task whose result is a managed object (a snapshot)."""
+        result = self.run(task)
+        if not isinstance(result, Moref):
+            raise NotFound(f"{task.description} returned no object", task=task)
+        return result
+
+    def vm(self, key: str) -> Moref:
+        return ref_of(self.params[key])
+
+    def read(self, key: str) -> VmInfo:
+        info = self.ops.get_vm(self.vm(key))
+        self.seen[key] = info
+        return info
+
+    def settle(self, task: str | None) -> None:
+        """Before a check after a crash: let every task the dead process started end.
+
+        ``task`` is the journaled task id of the step, if the process lived
+        long enough to write it. It may not have: a process killed after
+        sending a call but before journaling the task's id leaves that task
+        unknown to the journal, still running. So this also waits for every
+        task still queued or running on the workflow's VMs (one read), so
+        that the step's check, which reads vCenter, sees the final state.
+        For a step in :data:`OTHER_BACKINGS_STEPS` those VMs include the
+        backings of the instance's other volumes (:meth:`_other_backings`).
+        """
+        self.settled = None
+        if task:
+            ref = TaskRef(Moref("Task", task), f"task {task} of an interrupted workflow")
+            self.settled = self._wait_quietly(ref)
+        vms = [self.vm(k) for k in ("backing", "instance") if self.params.get(k)]
+        if self.step_name in OTHER_BACKINGS_STEPS and self.params.get("others"):
+            vms += self._other_backings()
+        for running in tasks_in_flight(self.ops.session, vms):
+            log.info("waiting for %s before checking step %s", running, self.step_name)
+            self._wait_quietly(running)
+
+    def _other_backings(self) -> list[Moref]:
+        """The backings of the instance's other volumes, which a step may reconfigure.
+
+        Read from vCenter, not the journal: the dead process may have sent a
+        ReconfigVM to one of them without living to journal its task id. One
+        read of the instance (its ``volume-<id>`` keys), then one lookup per
+        other volume, the same lookups the step itself makes; only when
+        recovering such a step.
+        """
+        try:
+            instance = self.read("instance")
+        except NotFound as exc:
+            log.warning("cannot list the other volumes to wait for: %s", exc)
+            return []
+        found = self.ops.find_volume_backings(instance, skip=self.params.get("volume_id"))
+        return [ref for ref in found.values() if ref is not None]
+
+    def _wait_quietly(self, task: TaskRef) -> bool:
+        try:
+            self.ops.wait(task, self.settle_timeout)
+        except Exception as exc:  # noqa: BLE001  # its outcome is what the check reads next
+            log.info("interrupted %s ended with: %s", task, exc)
+            return False
+        return True
+
+
+def ref_json(ref: Moref | None) -> list[str] | None:
+    return [ref.type, ref.value] if ref is not None else None
+
+
+def ref_of(value: Any) -> Moref:
+    return Moref(str(value[0]), str(value[1]))
+
+
+def disk_json(disk: Disk) -> dict[str, Any]:
+    return {
+        "key": disk.key,
+        "controller_key": disk.controller_key,
+        "unit": disk.unit,
+        "path": disk.path,
+        "chain": list(disk.chain),
+        "uuid": disk.uuid,
+        "capacity_kb": disk.capacity_kb,
+        "mode": disk.mode,
+    }
+
+
+def disk_of(d: dict[str, Any]) -> Disk:
+    return Disk(
+        key=int(d["key"]),
+        controller_key=int(d["controller_key"]),
+        unit=d["unit"],
+        path=str(d["path"]),
+        chain=tuple(d.get("chain") or (d["path"],)),
+        uuid=d.get("uuid"),
+        capacity_kb=int(d["capacity_kb"]),
+        mode=str(d["mode"]),
+    )
+
+
+def only_disk(vm: VmInfo) -> Disk:
+    """A backing's one disk."""
+    if len(vm.disks) != 1:
+        raise NotFound(
+            f"backing {vm.name} has {len(vm.disks)} disks, expected one",
+            hint="check the backing VM in vCenter",
+        )
+    return vm.disks[0]
+
+
+def directory(path: str) -> str:
+    """``[ds] dir`` of ``[ds] dir/file``: a VM's own deltas live in its directory."""
+    return path.rsplit("/", 1)[0]
+
+
+def spec_for(disk: Disk, path: str) -> DiskSpec:
+    """Attach ``path`` where ``disk`` is: same controller, unit, size, mode, uuid."""
+    return DiskSpec(
+        path=path,
+        controller_key=disk.controller_key,
+        unit=disk.unit if disk.unit is not None else 0,
+        capacity_kb=disk.capacity_kb,
+        uuid=disk.uuid,
+        mode=disk.mode or "persistent",
+    )
+
+
+def set_backing_disk(ctx: OpsContext, path: str, *, destroy_current: bool = False) -> None:
+    """Make ``path`` the backing's disk (one ReconfigVM), if it is not already."""
+    backing = ctx.read("backing")
+    current = only_disk(backing)
+    if current.path == path:
+        return
+    ctx.run(
+        ctx.ops.start_reconfigure_disks(
+            backing.ref, remove=[(current, destroy_current)], add=[spec_for(current, path)]
+        )
+    )
