@@ -37,11 +37,9 @@ from vmdk_snap.errors import (
     translate,
 )
 from vmdk_snap.types import Moref
+from vmdk_snap.vsphere.tasks import DEFAULT_WAIT_SECONDS, SessionRenewed, TaskWatcher
 
-# Not imported from vmdk_snap.vsphere.tasks, which imports this module.
-DEFAULT_WAIT_SECONDS = 30
-
-__all__ = ["RetryPolicy", "Session", "SessionRenewed", "StartedCheck"]
+__all__ = ["RetryPolicy", "Session", "StartedCheck"]
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +61,6 @@ class RetryPolicy:
     initial_delay: float = 1.0
     max_delay: float = 10.0
     sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
-
-
-class SessionRenewed(Exception):
-    """A session-bound call met an expired session; the session logged in again.
-
-    Raised instead of repeating calls on objects that lived in the old session
-    (property filters, views, the session's collector state): they are gone,
-    so the caller builds them again (see :mod:`vmdk_snap.vsphere.tasks`).
-    """
 
 
 class _Ambiguous(Exception):
@@ -197,7 +186,7 @@ class Session:
         self._login_lock = threading.Lock()
         self._generation = 0
         self._clock_offset = timedelta(0)
-        self._watcher: Any = None
+        self._watcher: TaskWatcher | None = None
         self._watcher_lock = threading.Lock()
         self._prepare_tasks = prepare_tasks
         self._own_tasks: set[str] = set()  # tasks our calls got back (see started_by_us)
@@ -342,10 +331,8 @@ class Session:
         return klass(ref.value, self._stub)
 
     @property
-    def watcher(self) -> Any:
+    def watcher(self) -> TaskWatcher:
         """The session's long-lived task watcher (see :mod:`vmdk_snap.vsphere.tasks`)."""
-        from vmdk_snap.vsphere.tasks import TaskWatcher  # noqa: PLC0415 - tasks imports session
-
         with self._watcher_lock:
             if self._watcher is None:
                 self._watcher = TaskWatcher(self, self.wait_seconds)

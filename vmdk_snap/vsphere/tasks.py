@@ -72,23 +72,60 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pyVmomi import vim, vmodl
 
 from vmdk_snap.errors import TaskTimeout, translate
 from vmdk_snap.types import Moref, TaskRef
-from vmdk_snap.vsphere.session import DEFAULT_WAIT_SECONDS, Session, SessionRenewed
 
 __all__ = [
     "DEFAULT_WAIT_SECONDS",
     "ProgressCallback",
+    "SessionRenewed",
+    "TaskSession",
     "TaskWatcher",
     "wait_for_task",
     "wait_for_tasks",
 ]
 
 log = logging.getLogger(__name__)
+
+# maxWaitSeconds of each WaitForUpdatesEx (see the module docstring).
+DEFAULT_WAIT_SECONDS = 30
+
+
+class SessionRenewed(Exception):
+    """A session-bound call met an expired session; the session logged in again.
+
+    Raised instead of repeating calls on objects that lived in the old session
+    (property filters, views, the session's collector state): they are gone,
+    so the caller builds them again (see :mod:`vmdk_snap.vsphere.tasks`).
+    """
+
+
+class TaskSession(Protocol):
+    """What the watcher needs of a session (:class:`vmdk_snap.vsphere.session.Session`).
+
+    A protocol, not an import: the session owns its watcher, so the session
+    module imports this one and not the other way round.
+    """
+
+    @property
+    def content(self) -> Any: ...
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def watcher(self) -> TaskWatcher: ...
+
+    def mo(self, ref: Moref) -> Any: ...
+
+    def invoke(
+        self, obj: Any, method: str, /, *args: Any, session_bound: bool = False, **kwargs: Any
+    ) -> Any: ...
+
 
 TASK_PATHS = ("info.state", "info.error", "info.result")
 PROGRESS_PATH = "info.progress"
@@ -117,7 +154,7 @@ def max_wait_for(timeout: float, wait_seconds: int) -> int:
 class TaskWatcher:
     """One long-lived filter that serves every wait of a session (thread-safe)."""
 
-    def __init__(self, session: Session, wait_seconds: int = DEFAULT_WAIT_SECONDS) -> None:
+    def __init__(self, session: TaskSession, wait_seconds: int = DEFAULT_WAIT_SECONDS) -> None:
         self._session = session
         self._wait_seconds = wait_seconds
         self._cond = threading.Condition()
@@ -435,7 +472,7 @@ class TaskWatcher:
 
 
 def wait_for_tasks(
-    session: Session,
+    session: TaskSession,
     tasks: Sequence[TaskRef],
     timeout: float,
     on_progress: ProgressCallback | None = None,
@@ -452,7 +489,7 @@ def wait_for_tasks(
 
 
 def wait_for_task(
-    session: Session,
+    session: TaskSession,
     task: TaskRef,
     timeout: float,
     on_progress: ProgressCallback | None = None,
