@@ -14,6 +14,16 @@ A workflow is a list of :class:`Step`. Each step has
   the engine decides, after a crash or an ambiguous failure, whether a step
   that started also finished.
 
+What happened is decided only once every task the step started has ended
+(:meth:`Context.settle` waits for them first): a check made while a task may
+still run could see "not yet" and roll back a change that then completes. A
+failed step whose change turns out to be there is done, and the workflow goes
+on. When the tasks' end cannot be seen (vCenter unreachable, a task still
+running after its bound) or the check cannot read, the outcome is unknown:
+the workflow neither rolls back nor reports done; it stays ``running`` in the
+journal with its task ids and :class:`OutcomeUnknown` says to run ``recover``,
+which waits for those tasks and settles the step from their end.
+
 Rules. A failure before any irreversible step completed undoes every
 completed step, newest first, and leaves vCenter as it was. Once an
 irreversible step has completed, or a ``forward_only`` step has started
@@ -41,6 +51,7 @@ __all__ = [
     "Context",
     "Engine",
     "Incomplete",
+    "OutcomeUnknown",
     "Plan",
     "PlannedStep",
     "RecoveryResult",
@@ -66,6 +77,19 @@ class Incomplete(VmdkSnapError):
     default_hint = "run `vmdk-snap recover` to finish it once the cause is fixed"
 
 
+class OutcomeUnknown(Incomplete):
+    """A step failed and whether its change happened cannot be seen yet.
+
+    Nothing was rolled back or reported done: the journal keeps the workflow
+    ``running`` with the step's task ids, for ``recover``.
+    """
+
+    default_hint = (
+        "run `vmdk-snap recover` once vCenter answers again: it waits for the step's "
+        "tasks to end and finishes or rolls back the workflow from what they did"
+    )
+
+
 @dataclass
 class Context:
     """What steps share: the journaled parameters and earlier steps' changes.
@@ -82,20 +106,26 @@ class Context:
     # so recovery can wait for it when the process died during the wait.
     on_task: Callable[[TaskRef], None] | None = None
     step_name: str = ""
+    # Tasks the running step (or undo) started, for settle after a failure.
+    step_tasks: list[str] = field(default_factory=list)
 
     def progress(self, percent: int | None) -> None:
         if self.on_progress is not None:
             self.on_progress(self.step_name, percent)
 
     def task_started(self, task: TaskRef) -> None:
+        self.step_tasks.append(task.ref.value)
         if self.on_task is not None:
             self.on_task(task)
 
-    def settle(self, task: str | None) -> None:
-        """Before a check after a crash: wait for the task the dead process started.
+    def settle(self, tasks: Sequence[str]) -> None:
+        """Before a check: wait until every task the step may have started ended.
 
-        ``task`` is the journaled task id (or None). The default does nothing;
-        contexts that talk to vCenter wait for it.
+        ``tasks`` are the ids known (journaled, or started by this process);
+        a context that talks to vCenter also waits for tasks still running on
+        the workflow's VMs (a call whose answer was lost). Raises when their
+        end cannot be seen: the check must not run then. The default does
+        nothing.
         """
 
 
@@ -214,9 +244,8 @@ class Engine(Generic[C]):
             self._start(run, index, step)
             try:
                 changes = step.do(run.ctx)
-            except Exception as exc:
-                self._failed(run, index, step, exc)
-                raise  # _failed raises unless the error must propagate as is
+            except Exception as exc:  # noqa: BLE001 - _failed re-raises what did not happen
+                changes = self._failed(run, index, step, exc)
             self._done(run, index, step, changes)
 
     def _start(self, run: _Run[C], index: int, step: Step[C]) -> None:
@@ -225,7 +254,7 @@ class Engine(Generic[C]):
         log.info("step %s: %s", step.name, intent["describe"])
         run.ctx.step_name = step.name
         run.forward = run.forward or step.forward_only
-
+        run.ctx.step_tasks = []
         run.ctx.on_task = self._task_recorder(run.wf_id, index)
 
     def _task_recorder(self, wf_id: str, index: int) -> Callable[[TaskRef], None]:
@@ -240,28 +269,41 @@ class Engine(Generic[C]):
         run.done.append(index)
         run.ctx.on_task = None
 
-    def _failed(self, run: _Run[C], index: int, step: Step[C], exc: Exception) -> None:
+    def _failed(self, run: _Run[C], index: int, step: Step[C], exc: Exception) -> Changes:
+        """Decide what a failed step did; return its changes if it happened.
+
+        Raises the step's error after rolling back (nothing happened, before
+        the point of no return), :class:`Incomplete` (after it), or
+        :class:`OutcomeUnknown` (its tasks' end or its state cannot be seen).
+        """
         log.warning("step %s failed: %s", step.name, exc)
         self.journal.step_state(run.wf_id, index, jn.FAILED, error=str(exc))
         run.ctx.on_task = None
-        # A failed call may still have changed something (a timeout while the
-        # task kept running): look before deciding what to undo.
-        try:
-            happened = step.check(run.ctx)
-        except Exception as check_exc:  # noqa: BLE001  # the step's own error is the one to report
-            log.warning("could not check whether step %s happened: %s", step.name, check_exc)
-            happened = None
+        happened = self._settled_check(run, step, exc)
         if happened is not None:
-            log.warning("step %s failed but its change is there; it is undone too", step.name)
-            self.journal.step_state(run.wf_id, index, jn.STEP_DONE, changes=happened)
-            run.ctx.results[step.name] = happened
-            run.done.append(index)
+            # The call failed (an answer lost, a wait cut short), the task did not.
+            log.warning("step %s failed, but its change is there: going on", step.name)
+            return happened
         if run.committed:
             raise Incomplete(
                 f"step {step.name} failed after the point of no return: {exc}",
             ) from exc
         self._rollback(run, exc)
         self.journal.finish(run.wf_id, jn.ROLLED_BACK, error=str(exc))
+        raise exc
+
+    def _settled_check(self, run: _Run[C], step: Step[C], exc: Exception) -> Changes | None:
+        """The step's check, once every task it started has ended."""
+        try:
+            run.ctx.settle(list(run.ctx.step_tasks))
+            return step.check(run.ctx)
+        except Exception as unknown:  # noqa: BLE001 - any reason: the outcome is unknown
+            log.warning("cannot tell whether step %s happened: %s", step.name, unknown)
+            tasks = ", ".join(run.ctx.step_tasks) or "none journaled"
+            raise OutcomeUnknown(
+                f"step {step.name} failed ({exc}) and whether it happened cannot be seen yet "
+                f"({unknown}); workflow {run.wf_id} is left for recover (tasks: {tasks})",
+            ) from exc
 
     def _rollback(self, run: _Run[C], cause: Exception | None) -> None:
         for index in reversed(list(run.done)):
@@ -272,10 +314,16 @@ class Engine(Generic[C]):
             run.ctx.step_name = f"undo {step.name}"
             # The undo's tasks go on this step's row (recover waits for them).
             run.ctx.on_task = self._task_recorder(run.wf_id, index)
+            run.ctx.step_tasks = []
             log.info("undo %s", step.name)
             try:
                 step.undo(run.ctx, changes)
             except Exception as exc:
+                if self._undone_after_all(run, step):
+                    log.warning("undo of %s failed, but the change is gone: %s", step.name, exc)
+                    self.journal.step_state(run.wf_id, index, jn.UNDONE)
+                    run.done.remove(index)
+                    continue
                 self.journal.step_state(run.wf_id, index, jn.UNDO_FAILED, error=str(exc))
                 self.journal.finish(run.wf_id, jn.ROLLBACK_FAILED, error=str(exc))
                 why = f"{cause}; " if cause is not None else ""
@@ -284,6 +332,15 @@ class Engine(Generic[C]):
                 ) from exc
             self.journal.step_state(run.wf_id, index, jn.UNDONE)
             run.done.remove(index)
+
+    def _undone_after_all(self, run: _Run[C], step: Step[C]) -> bool:
+        """After a failed undo: did it happen anyway (seen once its tasks ended)?"""
+        try:
+            run.ctx.settle(list(run.ctx.step_tasks))
+            return step.check(run.ctx) is None
+        except Exception as exc:  # noqa: BLE001 - unknown: recover decides later
+            log.warning("cannot tell whether the undo of %s happened: %s", step.name, exc)
+            return False
 
     # -- recovery ------------------------------------------------------------
 
@@ -310,7 +367,7 @@ class Engine(Generic[C]):
                 # started, failed, undoing, undo_failed: ask vCenter.
                 rolling_back = rolling_back or rec.state in (jn.UNDOING, jn.UNDO_FAILED)
                 ctx.step_name = step.name
-                ctx.settle(rec.task)
+                ctx.settle([rec.task] if rec.task else [])
                 changes = step.check(ctx)
                 state = jn.STEP_DONE if changes is not None else jn.SKIPPED
                 self.journal.step_state(record.id, index, state, changes=changes)

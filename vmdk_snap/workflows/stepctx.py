@@ -8,10 +8,11 @@ another process), what earlier steps changed, and the vSphere operations.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmdk_snap.errors import NotFound
+from vmdk_snap.errors import NotFound, TaskFailed, TaskTimeout
 from vmdk_snap.types import Disk, DiskSpec, Moref, TaskRef, VmInfo
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.vsphere.volumeops.lookups import tasks_in_flight
@@ -71,28 +72,33 @@ class OpsContext(Context):
         self.seen[key] = info
         return info
 
-    def settle(self, task: str | None) -> None:
-        """Before a check after a crash: let every task the dead process started end.
+    def settle(self, tasks: Sequence[str]) -> None:
+        """Before a check: let every task the step (or a dead process) started end.
 
-        ``task`` is the journaled task id of the step, if the process lived
-        long enough to write it. It may not have: a process killed after
-        sending a call but before journaling the task's id leaves that task
-        unknown to the journal, still running. So this also waits for every
-        task still queued or running on the workflow's VMs (one read), so
-        that the step's check, which reads vCenter, sees the final state.
+        ``tasks`` are the step's task ids known to this process or journaled.
+        The process that started them may not have lived (or heard the
+        answer) long enough to know them all: a call sent whose answer was
+        lost leaves its task unknown, still running. So this also waits for
+        every task still queued or running on the workflow's VMs (one read),
+        so that the step's check, which reads vCenter, sees the final state.
         For a step in :data:`OTHER_BACKINGS_STEPS` those VMs include the
         backings of the instance's other volumes (:meth:`_other_backings`).
+
+        Raises:
+            VmdkSnapError: a task's end could not be seen (vCenter did not
+                answer, or the task was still running after
+                ``settle_timeout``): the check must not run.
         """
         self.settled = None
-        if task:
-            ref = TaskRef(Moref("Task", task), f"task {task} of an interrupted workflow")
-            self.settled = self._wait_quietly(ref)
+        for task in dict.fromkeys(tasks):
+            ref = TaskRef(Moref("Task", task), f"task {task} of step {self.step_name}")
+            self.settled = self._wait_for_end(ref)
         vms = [self.vm(k) for k in ("backing", "instance") if self.params.get(k)]
         if self.step_name in OTHER_BACKINGS_STEPS and self.params.get("others"):
             vms += self._other_backings()
         for running in tasks_in_flight(self.ops.session, vms):
             log.info("waiting for %s before checking step %s", running, self.step_name)
-            self._wait_quietly(running)
+            self._wait_for_end(running)
 
     def _other_backings(self) -> list[Moref]:
         """The backings of the instance's other volumes, which a step may reconfigure.
@@ -111,11 +117,21 @@ class OpsContext(Context):
         found = self.ops.find_volume_backings(instance, skip=self.params.get("volume_id"))
         return [ref for ref in found.values() if ref is not None]
 
-    def _wait_quietly(self, task: TaskRef) -> bool:
+    def _wait_for_end(self, task: TaskRef) -> bool:
+        """Wait until ``task`` ended; True if it succeeded, False if it failed.
+
+        A task vCenter no longer knows ended long ago. Anything else that
+        keeps its end unseen (a timeout, vCenter unreachable) is raised.
+        """
         try:
             self.ops.wait(task, self.settle_timeout)
-        except Exception as exc:  # noqa: BLE001  # its outcome is what the check reads next
-            log.info("interrupted %s ended with: %s", task, exc)
+        except TaskTimeout:
+            raise
+        except TaskFailed as exc:
+            log.info("%s ended with: %s", task, exc)
+            return False
+        except NotFound as exc:
+            log.info("%s is gone from vCenter (it ended): %s", task, exc)
             return False
         return True
 
