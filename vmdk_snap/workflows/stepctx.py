@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmdk_snap.errors import NotFound, TaskFailed, TaskTimeout
+from vmdk_snap.errors import NotFound, TaskTimeout, VmdkSnapError
 from vmdk_snap.types import Disk, DiskSpec, Moref, TaskRef, VmInfo
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.vsphere.volumeops.lookups import tasks_in_flight
@@ -127,12 +127,15 @@ class OpsContext(Context):
             self.ops.wait(task, self.settle_timeout)
         except TaskTimeout:
             raise
-        except TaskFailed as exc:
-            log.info("%s ended with: %s", task, exc)
-            return False
-        except NotFound as exc:
-            log.info("%s is gone from vCenter (it ended): %s", task, exc)
-            return False
+        except VmdkSnapError as exc:
+            if exc.task is not None and exc.task.ref == task.ref:
+                # The task's own error (info.error): it ended.
+                log.info("%s ended with: %s", task, exc)
+                return False
+            if isinstance(exc, NotFound) and exc.task is None and exc.fault is not None:
+                log.info("%s is gone from vCenter (it ended): %s", task, exc)
+                return False
+            raise
         return True
 
 
