@@ -33,7 +33,6 @@ ALLOWED: dict[str, set[str]] = {
         "volume_state",
         "driver",
         "cli",
-        "__init__",
     },
 }
 

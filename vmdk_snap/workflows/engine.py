@@ -203,6 +203,12 @@ def plan_of(kind: str, volume_id: str, steps: Sequence[Step[C]], ctx: C) -> Plan
     )
 
 
+def _check_settled(ctx: C, step: Step[C], tasks: Sequence[str]) -> Changes | None:
+    """The step's check, run only once every task it may have started has ended."""
+    ctx.settle(list(tasks))
+    return step.check(ctx)
+
+
 @dataclass
 class _Run(Generic[C]):
     wf_id: str
@@ -295,8 +301,7 @@ class Engine(Generic[C]):
     def _settled_check(self, run: _Run[C], step: Step[C], exc: Exception) -> Changes | None:
         """The step's check, once every task it started has ended."""
         try:
-            run.ctx.settle(list(run.ctx.step_tasks))
-            return step.check(run.ctx)
+            return _check_settled(run.ctx, step, run.ctx.step_tasks)
         except Exception as unknown:  # noqa: BLE001 - any reason: the outcome is unknown
             log.warning("cannot tell whether step %s happened: %s", step.name, unknown)
             tasks = ", ".join(run.ctx.step_tasks) or "none journaled"
@@ -336,8 +341,7 @@ class Engine(Generic[C]):
     def _undone_after_all(self, run: _Run[C], step: Step[C]) -> bool:
         """After a failed undo: did it happen anyway (seen once its tasks ended)?"""
         try:
-            run.ctx.settle(list(run.ctx.step_tasks))
-            return step.check(run.ctx) is None
+            return _check_settled(run.ctx, step, run.ctx.step_tasks) is None
         except Exception as exc:  # noqa: BLE001 - unknown: recover decides later
             log.warning("cannot tell whether the undo of %s happened: %s", step.name, exc)
             return False
@@ -367,8 +371,7 @@ class Engine(Generic[C]):
                 # started, failed, undoing, undo_failed: ask vCenter.
                 rolling_back = rolling_back or rec.state in (jn.UNDOING, jn.UNDO_FAILED)
                 ctx.step_name = step.name
-                ctx.settle([rec.task] if rec.task else [])
-                changes = step.check(ctx)
+                changes = _check_settled(ctx, step, [rec.task] if rec.task else [])
                 state = jn.STEP_DONE if changes is not None else jn.SKIPPED
                 self.journal.step_state(record.id, index, state, changes=changes)
                 log.info("recover: step %s %s", step.name, "happened" if changes else "did not")
