@@ -229,7 +229,7 @@ def test_a_timeout_names_the_task_still_running(
 
 
 @pytest.mark.live
-def test_a_failed_wait_destroys_the_collector_and_the_next_wait_builds_a_new_one(
+def test_a_failed_wait_is_watched_anew_on_a_new_collector(
     clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:
     vc = clean_sim
@@ -238,19 +238,54 @@ def test_a_failed_wait_destroys_the_collector_and_the_next_wait_builds_a_new_one
     ops.create_snapshot(backing, "first")
     vc.ctl.inject_fault("WaitForUpdatesEx", kind="soap", fault="InvalidCollectorVersion")
     session.reset_calls()
-    with pytest.raises(VsphereFault) as err:
-        ops.create_snapshot(backing, "second")
-    assert fault_name(err.value.fault) == "InvalidCollectorVersion"
+    ops.create_snapshot(backing, "second")
+    # The collector whose version went out of step is destroyed, and a new
+    # one reports the task as it is now.
     assert session.calls["DestroyPropertyCollector"] == 1
     assert session.calls["DestroyView"] == 1
-    session.reset_calls()
-    ops.create_snapshot(backing, "third")
     assert session.calls["CreatePropertyCollector"] == 1
     assert session.calls["CreateListView"] == 1
     assert session.calls["CreateFilter"] == 1
-    # The task itself went on in vCenter: only our wait for it failed.
     names = [n.name for n in ops.get_vm(backing).all_snapshots()]
-    assert names == ["first", "second", "third"]
+    assert names == ["first", "second"]
+
+
+@pytest.mark.live
+def test_a_lost_wait_answer_is_not_asked_again_but_watched_anew(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    """vcsim moved on to the version it answered: a repeat would wait for the next change.
+
+    The answer carried the task's end; asked again with the same version the
+    collector reports nothing more, and the wait would sit out its timeout.
+    """
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    vc.ctl.inject_fault("WaitForUpdatesEx", kind="drop_after")
+    session.reset_calls()
+    ops.create_snapshot(backing, "kept", timeout=30)
+    assert session.calls["CreatePropertyCollector"] == 1
+    assert [n.name for n in ops.get_vm(backing).all_snapshots()] == ["kept"]
+    # One lost wait, then the new collector's first wait saw the task's end.
+    assert session.calls["WaitForUpdatesEx"] == 2
+
+
+@pytest.mark.live
+def test_a_wait_that_keeps_failing_gives_up_with_the_fault(
+    clean_sim: Target, session: Session, ops: VolumeOps
+) -> None:
+    vc = clean_sim
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    backing = vm(vol["moref"])
+    vc.ctl.inject_fault("WaitForUpdatesEx", kind="soap", fault="InvalidCollectorVersion", count=3)
+    session.reset_calls()
+    with pytest.raises(VsphereFault) as err:
+        ops.create_snapshot(backing, "second")
+    assert fault_name(err.value.fault) == "InvalidCollectorVersion"
+    assert session.calls["WaitForUpdatesEx"] == 3
+    # Every collector it made is gone again.
+    assert session.calls["DestroyPropertyCollector"] == 3
 
 
 @pytest.mark.live

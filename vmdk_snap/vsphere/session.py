@@ -346,6 +346,7 @@ class Session:
         *args: Any,
         started: StartedCheck | None = None,
         session_bound: bool = False,
+        repeat_if_lost: bool = True,
         **kwargs: Any,
     ) -> Any:
         """Call ``obj.method(*args, **kwargs)`` with re-login and bounded retries.
@@ -359,6 +360,11 @@ class Session:
             session_bound: the call works on objects of this login (filters,
                 views): after a re-login it is not repeated, and
                 :class:`SessionRenewed` is raised instead.
+            repeat_if_lost: False for calls whose lost answer cannot be asked
+                for again (``WaitForUpdatesEx``: the collector moved on to the
+                version it answered, and a repeat waits for the *next* change):
+                a dropped connection after sending raises TransientError at
+                once, and the caller rebuilds what it was waiting on.
 
         Raises:
             VmdkSnapError: the fault translated (``exc.fault`` keeps it), or
@@ -383,6 +389,11 @@ class Session:
                 result = self._call_relogin(obj, method, args, kwargs, session_bound)
             except _Ambiguous as exc:
                 state["ambiguous"] = True
+                if not repeat_if_lost:
+                    raise TransientError(
+                        f"lost the answer to {method}: {_short(exc.__cause__ or exc)}",
+                        hint="check that vCenter is up",
+                    ) from exc
                 raise _Retryable(exc.__cause__ or exc, ambiguous=True) from exc
             if method.endswith("_Task") and result is not None:
                 self._remember_task(result)

@@ -76,7 +76,7 @@ from typing import Any, Protocol
 
 from pyVmomi import vim, vmodl
 
-from vmdk_snap.errors import TaskTimeout, translate
+from vmdk_snap.errors import AuthenticationFailed, TaskTimeout, VmdkSnapError, translate
 from vmdk_snap.types import Moref, TaskRef
 
 __all__ = [
@@ -123,7 +123,14 @@ class TaskSession(Protocol):
     def mo(self, ref: Moref) -> Any: ...
 
     def invoke(
-        self, obj: Any, method: str, /, *args: Any, session_bound: bool = False, **kwargs: Any
+        self,
+        obj: Any,
+        method: str,
+        /,
+        *args: Any,
+        session_bound: bool = False,
+        repeat_if_lost: bool = True,
+        **kwargs: Any,
     ) -> Any: ...
 
 
@@ -136,6 +143,10 @@ PC = vmodl.query.PropertyCollector
 
 _DONE = ("success", "error")
 _FINAL_KEPT = 1024  # outcomes of finished tasks remembered per session
+# Failed watcher calls in a row after which a wait gives up (each failure
+# rebuilds the collector, view and filter: a new filter reports every task's
+# state as it is now, so nothing a lost answer carried is missed).
+_REBUILDS = 3
 
 
 @dataclass
@@ -191,17 +202,24 @@ class TaskWatcher:
         reported: dict[str, int | None] = {}
         progress_filter: Any = None
         progress_epoch = -1  # the collector it lives on
+        failures = 0
         try:
             with self._cond:
                 while True:
-                    self._watch(tasks)
-                    if on_progress is not None and progress_epoch != self._epoch:
-                        try:
-                            progress_filter = self._progress_filter(tasks)
-                        except SessionRenewed:
-                            self._teardown(destroy=False)
-                            continue
-                        progress_epoch = self._epoch
+                    try:
+                        self._watch(tasks)
+                        if on_progress is not None and progress_epoch != self._epoch:
+                            try:
+                                progress_filter = self._progress_filter(tasks)
+                            except SessionRenewed:
+                                self._teardown(destroy=False)
+                                continue
+                            progress_epoch = self._epoch
+                    except (AuthenticationFailed, TaskTimeout):
+                        raise
+                    except VmdkSnapError as exc:
+                        failures = self._failed(exc, failures, destroy=True)
+                        continue
                     outcome = self._settled(tasks, deadline, timeout)
                     if outcome is not None:
                         return outcome
@@ -209,7 +227,14 @@ class TaskWatcher:
                         # Another thread is in WaitForUpdatesEx: it signals after each update.
                         self._cond.wait(max(0.0, deadline - time.monotonic()))
                     else:
-                        self._lead(max_wait)
+                        try:
+                            self._lead(max_wait)
+                            failures = 0
+                        except (AuthenticationFailed, TaskTimeout):
+                            raise
+                        except VmdkSnapError as exc:
+                            # _lead forgot the collector already.
+                            failures = self._failed(exc, failures, destroy=False)
                     if on_progress is not None:
                         self._report(tasks, reported, on_progress)
         finally:
@@ -246,6 +271,24 @@ class TaskWatcher:
 
     # -- internals (called with the lock held) -------------------------------
 
+    def _failed(self, exc: VmdkSnapError, failures: int, *, destroy: bool) -> int:
+        """A watcher call failed: forget the collector so the next turn rebuilds it.
+
+        A failed or unanswered ``WaitForUpdatesEx`` leaves our version out of
+        step with the collector (a lost answer may have carried a task's end,
+        which that collector never reports again), and a failed
+        ``ModifyListView`` leaves the view's contents unknown. A new
+        collector's first wait reports every watched task as it is now. After
+        :data:`_REBUILDS` failures in a row the wait gives up with the error.
+        """
+        if destroy:
+            self._teardown(destroy=True)
+        failures += 1
+        if failures >= _REBUILDS:
+            raise exc
+        log.warning("waiting for tasks: %s; watching them anew", exc)
+        return failures
+
     def _lead(self, max_wait: int) -> None:
         """Sit in WaitForUpdatesEx without the lock, then apply what came and signal."""
         self._waiting = True
@@ -257,7 +300,12 @@ class TaskWatcher:
         self._cond.release()
         try:
             update = self._session.invoke(
-                collector, "WaitForUpdatesEx", version, options, session_bound=True
+                collector,
+                "WaitForUpdatesEx",
+                version,
+                options,
+                session_bound=True,
+                repeat_if_lost=False,
             )
         except BaseException as exc:  # noqa: BLE001 - re-raised below with the lock held
             failed = exc
