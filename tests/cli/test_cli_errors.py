@@ -124,11 +124,11 @@ def test_untrusted_certificate_is_exit_6_and_says_how_to_trust_it(cli: Cli) -> N
 
 
 @pytest.mark.cassette
-def test_busy_volume_is_exit_5(cli: Cli) -> None:
+def test_busy_volume_is_exit_5(cli: Cli, lock_dir: Path) -> None:
     ctl = cli.target.ctl
     vol = ctl.scenario("available-volume")["volumes"][0]
     ctl.reset_calls()
-    with VolumeLock(cli.home, vol["id"]):  # another workflow on the same volume
+    with VolumeLock(lock_dir, vol["id"]):  # another workflow on the volume, any journal
         r = cli("snapshot", vol["id"], "--name", "s1")
     assert r.code == 5, r.err
     assert "busy" in r.line or "another" in r.line
