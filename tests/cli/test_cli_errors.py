@@ -135,6 +135,19 @@ def test_busy_volume_is_exit_5(cli: Cli, lock_dir: Path) -> None:
     assert tasks_started(ctl.calls()) == {}
 
 
+@pytest.mark.live
+def test_lock_dir_flag_says_where_volumes_are_locked(cli: Cli, tmp_path: Path) -> None:
+    ctl = cli.target.ctl
+    vol = ctl.scenario("available-volume")["volumes"][0]
+    other = tmp_path / "other-locks"
+    with VolumeLock(other, vol["id"]):  # a workflow of processes given --lock-dir other
+        r = cli("snapshot", vol["id"], "--name", "s1", "--lock-dir", str(other))
+        assert r.code == 5, r.err
+        assert f"volume {vol['id']} is busy" in r.line
+        r = cli("snapshot", vol["id"], "--name", "s1")  # the default lock directory: free
+        assert r.code == 0, r.err
+
+
 @pytest.mark.cassette
 def test_failed_task_is_exit_7_and_leaves_the_volume_as_it_was(cli: Cli) -> None:
     ctl = cli.target.ctl
