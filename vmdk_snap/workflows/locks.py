@@ -185,6 +185,11 @@ def _open_file(directory: Path, name: str) -> tuple[int, bool]:
 
 
 def _open_at(dir_fd: int, name: str) -> tuple[int, bool]:
+    """Open ``name`` in the directory, making it only where nothing is (``O_EXCL``).
+
+    Never ``O_CREAT`` on an existing file: in a sticky directory the kernel's
+    ``protected_regular`` refuses that on another user's file.
+    """
     for _ in range(3):  # another process may make or remove it meanwhile
         try:
             return os.open(name, os.O_RDWR | _OPEN, dir_fd=dir_fd), True
