@@ -47,7 +47,9 @@ def main() -> None:
         info, ctl = sim.info, sim.control()
         ctl.set_default_task_time(args.task_ms)
         with Session(info.url, info.username, info.password, ca_file=info.ca_file) as session:
-            driver = Driver(session, journal_path=Path(tmp) / "journal.sqlite")
+            driver = Driver(
+                session, journal_path=Path(tmp) / "journal.sqlite", lock_dir=Path(tmp) / "locks"
+            )
             _one(driver, ctl, "available-volume", False)  # warm the session
             print(f"{'path':44} {'round trips':>11} {'bytes copied':>12} {'seconds':>8}")
             for label, scenario, force in PATHS:

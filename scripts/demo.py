@@ -65,6 +65,7 @@ def main() -> int:
             VMDK_SNAP_PASSWORD=info.password,
             VMDK_SNAP_CA_FILE=info.ca_file,
             VMDK_SNAP_JOURNAL=os.path.join(tmp, "journal.sqlite"),
+            VMDK_SNAP_LOCK_DIR=os.path.join(tmp, "locks"),  # the demo's volumes: its own locks
         )
         ctl = sim.control()
         volume = seeded["volumes"][0]["id"]

@@ -89,6 +89,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip_live)
 
 
+@pytest.fixture(autouse=True)
+def lock_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The host-wide lock directory, one per test: never the system's.
+
+    Through the environment, so the processes a test starts share it; a
+    directory of each test's own, so tests (and xdist workers) never hold
+    each other's locks.
+    """
+    path = tmp_path_factory.mktemp("locks")
+    monkeypatch.setenv("VMDK_SNAP_LOCK_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def tier(request: pytest.FixtureRequest) -> str:
     value: str = request.param

@@ -30,7 +30,8 @@ Locks: one workflow per volume (a second gets ``Busy`` at once), and one
 workflow per instance for those that work on an instance (a forced snapshot,
 a consolidation, deleting an attached volume's snapshot, and their recovery):
 a second one waits up to ``instance_wait`` seconds, so the
-volumes of a consistency group are snapshotted one after the other.
+volumes of a consistency group are snapshotted one after the other. Every
+process of the host shares them, whatever its journal (:mod:`vmdk_snap.workflows.locks`).
 """
 
 from __future__ import annotations
@@ -65,7 +66,12 @@ from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows.consolidation import unseen_datastore_remedy
 from vmdk_snap.workflows.engine import Engine, Plan, RecoveryResult, plan_of
 from vmdk_snap.workflows.journal import Journal
-from vmdk_snap.workflows.locks import DEFAULT_INSTANCE_WAIT, InstanceLock, VolumeLock
+from vmdk_snap.workflows.locks import (
+    DEFAULT_INSTANCE_WAIT,
+    InstanceLock,
+    VolumeLock,
+    default_lock_dir,
+)
 from vmdk_snap.workflows.stepctx import ref_of
 from vmdk_snap.workflows.table import OpsContext, build_steps, validate_snapshot_name
 
@@ -103,8 +109,9 @@ class Driver:
         session: a connected :class:`vmdk_snap.vsphere.session.Session` (or a
             :class:`~vmdk_snap.vsphere.volumeops.VolumeOps` already built on one).
         journal_path: the SQLite journal (default: the user's state dir,
-            see :func:`vmdk_snap.workflows.journal.default_journal_path`); the per-volume
-            lock files live beside it.
+            see :func:`vmdk_snap.workflows.journal.default_journal_path`).
+        lock_dir: the host's lock directory, whatever the journal (default:
+            :func:`vmdk_snap.workflows.locks.default_lock_dir`).
         strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
         instance_wait: how long (seconds) a workflow that changes an instance
             waits for another one on the same instance before ``Busy``.
@@ -115,12 +122,14 @@ class Driver:
         session: Any,
         *,
         journal_path: Path | None = None,
+        lock_dir: Path | None = None,
         strategies: Mapping[str, SnapshotStrategy] | None = None,
         instance_wait: float = DEFAULT_INSTANCE_WAIT,
     ) -> None:
         self.instance_wait = instance_wait
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
         self.journal = Journal(journal_path)
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
         self._engine = Engine[OpsContext](self.journal)
         self.strategies: dict[str, SnapshotStrategy] = {
             AVAILABLE: DetachedStrategy(),
@@ -374,7 +383,7 @@ class Driver:
         """
         results = []
         for record in self.journal.unfinished():
-            lock = VolumeLock(self.journal.directory, record.volume)
+            lock = VolumeLock(self.lock_dir, record.volume)
             instance_lock: InstanceLock | None = None
             try:
                 lock.acquire()
@@ -413,7 +422,7 @@ class Driver:
                 return None  # the instance is gone: nobody else can work on it
         if not uuid:
             return None
-        lock = InstanceLock(self.journal.directory, uuid, self.instance_wait)
+        lock = InstanceLock(self.lock_dir, uuid, self.instance_wait)
         lock.acquire()
         return lock
 
@@ -421,7 +430,7 @@ class Driver:
 
     @contextmanager
     def _locked(self, volume: Volume) -> Iterator[None]:
-        with VolumeLock(self.journal.directory, volume.id):
+        with VolumeLock(self.lock_dir, volume.id):
             pending = [r for r in self.journal.unfinished() if r.volume == volume.id]
             if pending:
                 raise InvalidState(
@@ -443,7 +452,7 @@ class Driver:
             yield state
             return
         uuid = state.instance.instance_uuid
-        with InstanceLock(self.journal.directory, uuid, self.instance_wait) as lock:
+        with InstanceLock(self.lock_dir, uuid, self.instance_wait) as lock:
             if lock.waited:
                 log.info("instance %s is free again: reading volume %s again", uuid, volume.id)
                 state = self._state(volume, verify=True)

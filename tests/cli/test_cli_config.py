@@ -53,6 +53,18 @@ def test_flags_beat_environment_which_beats_govc_which_beats_the_file(tmp_path: 
     assert load_settings(Overrides(), env).url == "https://file.example.org/sdk"
 
 
+def test_lock_dir_from_the_flag_environment_or_file_else_the_librarys(tmp_path: Path) -> None:
+    body = f"url = {URL}\nusername = u\npassword = p\n"
+    cfg = write_config(tmp_path / "c.ini", body + "lock_dir = /file/locks\n")
+    env = {"VMDK_SNAP_CONFIG": str(cfg)}
+    assert load_settings(Overrides(), env).lock_dir == "/file/locks"
+    env |= {"VMDK_SNAP_LOCK_DIR": "/env/locks"}
+    assert load_settings(Overrides(), env).lock_dir == "/env/locks"
+    assert load_settings(Overrides(lock_dir="/flag/locks"), env).lock_dir == "/flag/locks"
+    bare = {"VMDK_SNAP_CONFIG": str(write_config(tmp_path / "bare.ini", body))}
+    assert load_settings(Overrides(), bare).lock_dir is None  # Driver's default_lock_dir()
+
+
 def test_govc_url_with_credentials_is_used_as_govc_does() -> None:
     env = {"GOVC_URL": "admin%40vsphere.local:s%3Acret@vc.example.org", "GOVC_USERNAME": "other"}
     s = load_settings(Overrides(), env, interactive=False)

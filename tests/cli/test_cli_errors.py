@@ -124,15 +124,28 @@ def test_untrusted_certificate_is_exit_6_and_says_how_to_trust_it(cli: Cli) -> N
 
 
 @pytest.mark.cassette
-def test_busy_volume_is_exit_5(cli: Cli) -> None:
+def test_busy_volume_is_exit_5(cli: Cli, lock_dir: Path) -> None:
     ctl = cli.target.ctl
     vol = ctl.scenario("available-volume")["volumes"][0]
     ctl.reset_calls()
-    with VolumeLock(cli.home, vol["id"]):  # another workflow on the same volume
+    with VolumeLock(lock_dir, vol["id"]):  # another workflow on the volume, any journal
         r = cli("snapshot", vol["id"], "--name", "s1")
     assert r.code == 5, r.err
     assert "busy" in r.line or "another" in r.line
     assert tasks_started(ctl.calls()) == {}
+
+
+@pytest.mark.live
+def test_lock_dir_flag_says_where_volumes_are_locked(cli: Cli, tmp_path: Path) -> None:
+    ctl = cli.target.ctl
+    vol = ctl.scenario("available-volume")["volumes"][0]
+    other = tmp_path / "other-locks"
+    with VolumeLock(other, vol["id"]):  # a workflow of processes given --lock-dir other
+        r = cli("snapshot", vol["id"], "--name", "s1", "--lock-dir", str(other))
+        assert r.code == 5, r.err
+        assert f"volume {vol['id']} is busy" in r.line
+        r = cli("snapshot", vol["id"], "--name", "s1")  # the default lock directory: free
+        assert r.code == 0, r.err
 
 
 @pytest.mark.cassette

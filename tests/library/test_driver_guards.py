@@ -126,7 +126,7 @@ def test_bad_names_are_refused_before_any_change(
 def test_second_workflow_on_a_volume_is_busy(vc: Target, ops: Any, tmp_path: Path) -> None:
     driver = make_driver(ops, tmp_path)
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
-    with VolumeLock(driver.journal.directory, vol["id"]):  # as another process would
+    with VolumeLock(driver.lock_dir, vol["id"]):  # as another process would
         vc.ctl.reset_calls()
         with pytest.raises(Busy, match=f"volume {vol['id']} is busy"):
             driver.create_snapshot(Volume(vol["id"]), "snapshot-1")
@@ -142,7 +142,7 @@ def test_recover_leaves_a_workflow_whose_process_is_alive(
     vol = vc.ctl.scenario("available-volume")["volumes"][0]
     assert driver.recover() == []
     wf = driver.journal.begin("snapshot", vol["id"], {"name": "snapshot-1"})
-    with VolumeLock(driver.journal.directory, vol["id"]):  # its process still runs
+    with VolumeLock(driver.lock_dir, vol["id"]):  # its process still runs
         (result,) = driver.recover()
     assert (result.workflow_id, result.outcome) == (wf, "busy")
     assert [r.id for r in driver.journal.unfinished()] == [wf]
@@ -166,7 +166,7 @@ def test_recover_waits_for_the_instance_and_leaves_it_when_still_busy(
         params["instance_uuid"] = inst["uuid"]
     wf = driver.journal.begin("snapshot_attached", vol["id"], params)
     before = world(vc, ops, inst["moref"], vol["moref"])
-    with InstanceLock(driver.journal.directory, inst["uuid"]):  # another volume's workflow
+    with InstanceLock(driver.lock_dir, inst["uuid"]):  # another volume's workflow
         vc.ctl.reset_calls()
         (result,) = driver.recover()
     assert (result.workflow_id, result.outcome) == (wf, "busy")
@@ -175,7 +175,7 @@ def test_recover_waits_for_the_instance_and_leaves_it_when_still_busy(
     calls = vc.ctl.calls()
     assert calls == ({} if journaled == "uuid" else {"RetrievePropertiesEx": 1}), calls
     assert world(vc, ops, inst["moref"], vol["moref"]) == before
-    with VolumeLock(driver.journal.directory, vol["id"]) as lock:  # recover released it
+    with VolumeLock(driver.lock_dir, vol["id"]) as lock:  # recover released it
         assert lock.held
 
 
@@ -199,7 +199,7 @@ def test_a_workflow_on_a_busy_instance_waits_then_is_busy_and_changes_nothing(
     if op == "delete":
         driver.create_snapshot(volume, "snapshot-1", force=True)
     before = world(vc, ops, inst["moref"], vol["moref"])
-    with InstanceLock(driver.journal.directory, inst["uuid"]):  # as another process would
+    with InstanceLock(driver.lock_dir, inst["uuid"]):  # as another process would
         vc.ctl.reset_calls()
         with pytest.raises(Busy, match=f"instance {inst['uuid']} is busy: .* for more than 0.5 s"):
             run()

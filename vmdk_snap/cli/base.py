@@ -143,6 +143,7 @@ class Context:
                 thumbprint=a.thumbprint,
                 insecure=a.insecure,
                 journal=a.journal,
+                lock_dir=a.lock_dir,
                 config=a.config,
             )
             self._settings = load_settings(flags, self.env, interactive=self.interactive)
@@ -178,6 +179,10 @@ class Context:
     @contextmanager
     def driver(self) -> Iterator[Driver]:
         """A logged-in Driver; logs out on exit."""
-        journal = self.settings.journal
+        journal, lock_dir = self.settings.journal, self.settings.lock_dir
         with self.session() as session:
-            yield Driver(session, journal_path=Path(journal) if journal else None)
+            yield Driver(
+                session,
+                journal_path=Path(journal) if journal else None,
+                lock_dir=Path(lock_dir) if lock_dir else None,
+            )

@@ -3,7 +3,7 @@
 Precedence, highest first, setting by setting:
 
 1. command-line flags (``--url``, ``--username``, ``--ca-file``, ``--thumbprint``,
-   ``--insecure``, ``--journal``); never a password;
+   ``--insecure``, ``--journal``, ``--lock-dir``); never a password;
 2. ``VMDK_SNAP_*`` environment variables;
 3. govc's ``GOVC_URL`` (whose ``user:pass@`` part is used as govc does, before
    ``GOVC_USERNAME``/``GOVC_PASSWORD``), ``GOVC_USERNAME``, ``GOVC_PASSWORD``,
@@ -47,6 +47,7 @@ class Overrides:
     thumbprint: str | None = None
     insecure: bool = False
     journal: str | None = None
+    lock_dir: str | None = None
     config: str | None = None
 
 
@@ -61,12 +62,13 @@ class Settings:
     thumbprint: str | None = None
     insecure: bool = False
     journal: str | None = None
+    lock_dir: str | None = None  # None: the library's default (vmdk_snap.workflows.locks)
 
     def __repr__(self) -> str:  # the password never reaches a log or traceback
         return (
             f"Settings(url={self.url!r}, username={self.username!r}, password='***', "
             f"ca_file={self.ca_file!r}, thumbprint={self.thumbprint!r}, "
-            f"insecure={self.insecure!r}, journal={self.journal!r})"
+            f"insecure={self.insecure!r}, journal={self.journal!r}, lock_dir={self.lock_dir!r})"
         )
 
 
@@ -215,4 +217,5 @@ def load_settings(
         thumbprint=flags.thumbprint or env.get("VMDK_SNAP_THUMBPRINT") or file.get("thumbprint"),
         insecure=insecure,
         journal=flags.journal or env.get("VMDK_SNAP_JOURNAL") or file.get("journal"),
+        lock_dir=flags.lock_dir or env.get("VMDK_SNAP_LOCK_DIR") or file.get("lock_dir"),
     )

@@ -63,6 +63,12 @@ def _common() -> argparse.ArgumentParser:
     )
     g.add_argument("--config", default=s, help="config file (default ~/.config/vmdk-snap/...)")
     g.add_argument("--journal", default=s, help="workflow journal (SQLite) path")
+    g.add_argument(
+        "--lock-dir",
+        default=s,
+        help="lock directory every vmdk-snap of the host shares, whatever its journal "
+        "(VMDK_SNAP_LOCK_DIR; default /run/lock/vmdk-snap)",
+    )
     g.add_argument("--json", action="store_true", default=s, help="print one JSON document")
     g.add_argument("-v", "--verbose", action="count", default=s, help="log to stderr (-vv: debug)")
     return p
@@ -76,6 +82,7 @@ _DEFAULTS = {
     "insecure": False,
     "config": None,
     "journal": None,
+    "lock_dir": None,
     "json": False,
     "verbose": 0,
 }
