@@ -8,6 +8,8 @@ volumeops (its reads are tested in tests/library/test_volumeops.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,27 @@ def assert_nothing_running(ops: Any, *morefs: str) -> None:
     """No task is still queued or running on these VMs (or deleting files):
     what recover must leave after waiting for a dead process's tasks."""
     assert tasks_in_flight(ops.session, [vm(m) for m in morefs]) == []
+
+
+@contextmanager
+def calls_made(vc: Target, ops: Any) -> Iterator[list[str]]:
+    """The SOAP calls the session makes inside the block, in order.
+
+    The simulator's count must agree, so that index ``i`` of the list is the
+    call an injected fault with ``skip=i`` (method ``"*"``) fails.
+    """
+    session = ops.session
+    seen: list[str] = []
+    count = session._count
+
+    def counting(method: str) -> None:
+        seen.append(method)
+        count(method)
+
+    before = sum(vc.ctl.calls().values())
+    session._count = counting
+    try:
+        yield seen
+    finally:
+        del session._count
+    assert sum(vc.ctl.calls().values()) - before == len(seen)

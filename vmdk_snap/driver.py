@@ -298,14 +298,29 @@ class Driver:
         for note in spec.notes:
             log.info("%s", note)
         ctx = self._run(volume.id, spec, on_progress, state.instance)
-        backing = ctx.seen.get("backing") or self.ops.get_vm(state.backing.ref)
-        node = backing.snapshot_named(name)
-        if node is None:
-            backing = self.ops.get_vm(state.backing.ref)
-            node = backing.snapshot_named(name)
-        if node is None:  # pragma: no cover - the workflow checked it exists
+        return SnapshotResult(self._made(ctx, state, name, quiesce), created=True)
+
+    def _made(self, ctx: OpsContext, state: VolumeState, name: str, quiesce: bool) -> SnapshotNode:
+        """The snapshot a finished workflow made, read back if vCenter answers.
+
+        The journal says ``done`` already: a read that fails now (vCenter
+        briefly unavailable) must not turn a snapshot that exists into an
+        error, so the node is then built from what the step recorded.
+        """
+        backing = ctx.seen.get("backing")
+        node = backing.snapshot_named(name) if backing is not None else None
+        if node is not None:
+            return node
+        try:
+            node = self.ops.get_vm(state.backing.ref).snapshot_named(name)
+        except VmdkSnapError as exc:
+            log.warning("snapshot %s was made; reading it back failed: %s", name, exc)
+        if node is not None:
+            return node
+        made = ctx.results.get("snapshot_backing", {}).get("snapshot")
+        if made is None:  # pragma: no cover - the workflow checked it exists
             raise NotFound(f"snapshot {name} vanished right after it was made")
-        return SnapshotResult(node, created=True)
+        return SnapshotNode(ref_of(made), name, "", None, quiesce)
 
     def delete_snapshot(self, volume: Volume, name: str) -> bool:
         """Delete snapshot ``name``; False (a logged no-op) if it is already gone.

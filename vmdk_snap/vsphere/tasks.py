@@ -223,18 +223,7 @@ class TaskWatcher:
                     outcome = self._settled(tasks, deadline, timeout)
                     if outcome is not None:
                         return outcome
-                    if self._waiting:
-                        # Another thread is in WaitForUpdatesEx: it signals after each update.
-                        self._cond.wait(max(0.0, deadline - time.monotonic()))
-                    else:
-                        try:
-                            self._lead(max_wait)
-                            failures = 0
-                        except (AuthenticationFailed, TaskTimeout):
-                            raise
-                        except VmdkSnapError as exc:
-                            # _lead forgot the collector already.
-                            failures = self._failed(exc, failures, destroy=False)
+                    failures = self._next_update(deadline, max_wait, failures)
                     if on_progress is not None:
                         self._report(tasks, reported, on_progress)
         finally:
@@ -270,6 +259,21 @@ class TaskWatcher:
             self._teardown(destroy=True)
 
     # -- internals (called with the lock held) -------------------------------
+
+    def _next_update(self, deadline: float, max_wait: int, failures: int) -> int:
+        """Wait for the next update (ours or another thread's); the failures in a row."""
+        if self._waiting:
+            # Another thread is in WaitForUpdatesEx: it signals after each update.
+            self._cond.wait(max(0.0, deadline - time.monotonic()))
+            return failures
+        try:
+            self._lead(max_wait)
+        except (AuthenticationFailed, TaskTimeout):
+            raise
+        except VmdkSnapError as exc:
+            # _lead forgot the collector already.
+            return self._failed(exc, failures, destroy=False)
+        return 0
 
     def _failed(self, exc: VmdkSnapError, failures: int, *, destroy: bool) -> int:
         """A watcher call failed: forget the collector so the next turn rebuilds it.
