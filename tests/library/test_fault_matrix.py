@@ -1,0 +1,349 @@
+"""A fault at every SOAP call of every workflow: success, exact rollback, or recover.
+
+Faults at step boundaries (tests/library/test_workflow_faults.py) miss the
+calls in between: the ``ModifyListView`` that hands a task to the watcher,
+the wait after a task was sent, the reads after the journal says ``done``.
+Here each workflow runs once without faults to list its SOAP calls in order
+(so a call added to a workflow is covered without editing this test), then
+once per call index with one fault injected at that call, on a fresh
+scenario each time. Whatever the fault, the user sees one of three things:
+
+- the call succeeded, and the volume is in the workflow's end state;
+- it failed with an ordinary error, and everything (snapshot trees, every
+  chain, every file, homes, data) is exactly as before, journaled rolled back;
+- it failed with "needs recovery" (exit 9: Incomplete, OutcomeUnknown,
+  RollbackFailed), and ``recover`` (faults cleared) ends it in one of the two
+  states above, as its outcome says.
+
+Never an error for a change that happened, nor "rolled back" for one that
+then completes; nothing is left running, no temporary snapshot stays.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Target
+from tests.workflow_checks import (
+    World,
+    assert_files_consistent,
+    assert_nothing_running,
+    calls_made,
+    make_driver,
+    vm,
+    volume_disk_key,
+    world,
+)
+from vmdk_snap.driver import Driver, Volume
+from vmdk_snap.errors import VmdkSnapError
+from vmdk_snap.workflows import journal as jn
+from vmdk_snap.workflows.engine import Incomplete, RollbackFailed
+
+WAIT_CALLS = frozenset({"WaitForUpdatesEx", "ModifyListView"})
+
+
+def _is_task_call(method: str) -> bool:
+    return method.endswith("_Task")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One kind of fault, injected at one call index (``applies`` filters the call)."""
+
+    kind: str
+    fault: str | None = None
+    count: int = 1
+    applies: Callable[[str], bool] = lambda _method: True
+    # The simulator takes this kind only on the named method (task faults).
+    by_method: bool = False
+    # Faults the session itself gets past (a request that never reached
+    # vCenter is sent again; an expired session logs in again): every
+    # workflow must simply succeed.
+    always_succeeds: bool = False
+
+    def inject(self, vc: Target, calls: list[str], index: int) -> None:
+        """Fail call ``index`` of ``calls`` (the dry run's list) when it is made again."""
+        if self.by_method:
+            method = calls[index]
+            skip = calls[:index].count(method)
+        else:
+            method, skip = "*", index
+        vc.ctl.inject_fault(method, self.kind, self.fault, count=self.count, skip=skip)
+
+
+FAULTS: dict[str, Fault] = {
+    # The connection drops before vCenter runs the call.
+    "dropped": Fault("drop", always_succeeds=True),
+    # vCenter runs the call; its answer is lost.
+    "answer-lost": Fault("drop_after"),
+    # vCenter unavailable for four calls in a row (the session's retries run out).
+    "503x4": Fault("http503", count=4),
+    # Every session expires: re-login, the watcher's collector is gone.
+    "session-expired": Fault("expire_sessions", always_succeeds=True),
+    # A SOAP fault on the calls that wait for tasks.
+    "wait-fault": Fault("soap", "SystemError", applies=lambda m: m in WAIT_CALLS),
+    # The task ends in error.
+    "task-error": Fault("task", "FileLocked", applies=_is_task_call, by_method=True),
+}
+
+
+@dataclass
+class Case:
+    """A workflow on a freshly seeded scenario, and what its end state is."""
+
+    seeded: dict[str, Any]
+    run: Callable[[Driver], Any]
+    morefs: list[str]
+    assert_done: Callable[[], None]
+
+
+Prepare = Callable[[Target, Any, Driver], Case]
+
+
+def _tokens(vc: Target, moref: str, key: int) -> list[str]:
+    return list(vc.ctl.read_disk(moref, key)["tokens"])
+
+
+def _backing_key(ops: Any, moref: str) -> int:
+    (disk,) = ops.get_vm(vm(moref)).disks
+    return int(disk.key)
+
+
+def _snapshot_of(ops: Any, moref: str, name: str) -> Any:
+    return ops.get_vm(vm(moref)).snapshot_named(name)
+
+
+def _forced_snapshot(scenario: str) -> Prepare:
+    def prepare(vc: Target, ops: Any, driver: Driver) -> Case:
+        seeded = vc.ctl.scenario(scenario)
+        inst, vol = seeded["instances"][0], seeded["volumes"][0]
+        key = volume_disk_key(ops, vol, inst["moref"])
+        tokens = _tokens(vc, inst["moref"], key)
+        inst_tree = ops.get_vm(vm(inst["moref"])).snapshots
+        volume = Volume(vol["id"], "in-use", inst["uuid"])
+
+        def done() -> None:
+            backing, instance = ops.get_vms([vm(vol["moref"]), vm(inst["moref"])])
+            node = backing.snapshot_named("snap-f")
+            assert node is not None, "the snapshot the workflow reported is missing"
+            (bdisk,) = backing.disks
+            assert vc.ctl.read_snapshot(node.ref.value, bdisk.key)["tokens"] == tokens
+            assert instance.snapshots == inst_tree  # no temporary snapshot left
+            idisk = next(d for d in instance.disks if d.key == key)
+            assert bdisk.path == idisk.path  # the backing holds the instance's current file
+            assert _tokens(vc, inst["moref"], key) == tokens
+            assert_files_consistent(vc, seeded)
+
+        return Case(
+            seeded,
+            lambda d: d.create_snapshot(volume, "snap-f", force=True),
+            [inst["moref"], vol["moref"]],
+            done,
+        )
+
+    return prepare
+
+
+def _available_snapshot(vc: Target, ops: Any, driver: Driver) -> Case:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    key = _backing_key(ops, vol["moref"])
+    tokens = _tokens(vc, vol["moref"], key)
+    volume = Volume(vol["id"], "available")
+
+    def done() -> None:
+        node = _snapshot_of(ops, vol["moref"], "snap-a")
+        assert node is not None
+        assert vc.ctl.read_snapshot(node.ref.value, key)["tokens"] == tokens
+        assert _tokens(vc, vol["moref"], key) == tokens
+        assert_files_consistent(vc, seeded)
+
+    return Case(seeded, lambda d: d.create_snapshot(volume, "snap-a"), [vol["moref"]], done)
+
+
+def _delete_attached(vc: Target, ops: Any, driver: Driver) -> Case:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    driver.create_snapshot(volume, "snap-d", force=True)
+    key = volume_disk_key(ops, vol, inst["moref"])
+    vc.ctl.write(inst["moref"], key, "after")
+    tokens = _tokens(vc, inst["moref"], key)
+
+    def done() -> None:
+        assert _snapshot_of(ops, vol["moref"], "snap-d") is None
+        assert _tokens(vc, inst["moref"], key) == tokens
+        assert_files_consistent(vc, seeded)
+
+    return Case(
+        seeded,
+        lambda d: d.delete_snapshot(volume, "snap-d"),
+        [inst["moref"], vol["moref"]],
+        done,
+    )
+
+
+def _delete_available(vc: Target, ops: Any, driver: Driver) -> Case:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    volume = Volume(vol["id"], "available")
+    driver.create_snapshot(volume, "snap-d")
+    key = _backing_key(ops, vol["moref"])
+    vc.ctl.write(vol["moref"], key, "after")
+    tokens = _tokens(vc, vol["moref"], key)
+
+    def done() -> None:
+        assert _snapshot_of(ops, vol["moref"], "snap-d") is None
+        assert _tokens(vc, vol["moref"], key) == tokens
+        assert_files_consistent(vc, seeded)
+
+    return Case(seeded, lambda d: d.delete_snapshot(volume, "snap-d"), [vol["moref"]], done)
+
+
+def _revert(vc: Target, ops: Any, driver: Driver) -> Case:
+    seeded = vc.ctl.scenario("available-volume")
+    vol = seeded["volumes"][0]
+    volume = Volume(vol["id"], "available")
+    key = _backing_key(ops, vol["moref"])
+    driver.create_snapshot(volume, "snap-r")
+    at_snapshot = _tokens(vc, vol["moref"], key)
+    vc.ctl.write(vol["moref"], key, "after")
+
+    def done() -> None:
+        assert _snapshot_of(ops, vol["moref"], "snap-r") is not None
+        assert _tokens(vc, vol["moref"], key) == at_snapshot
+        assert_files_consistent(vc, seeded)
+
+    return Case(seeded, lambda d: d.revert_to_snapshot(volume, "snap-r"), [vol["moref"]], done)
+
+
+def _consolidate(vc: Target, ops: Any, driver: Driver) -> Case:
+    seeded = vc.ctl.scenario("attached-volume-moved")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    key = volume_disk_key(ops, vol, inst["moref"])
+    tokens = _tokens(vc, inst["moref"], key)
+
+    def done() -> None:
+        backing, instance = ops.get_vms([vm(vol["moref"]), vm(inst["moref"])])
+        (bdisk,) = backing.disks
+        idisk = next(d for d in instance.disks if d.key == key)
+        assert bdisk.path == idisk.path
+        assert _tokens(vc, inst["moref"], key) == tokens
+        assert_files_consistent(vc, seeded)
+
+    return Case(seeded, lambda d: d.consolidate(volume), [inst["moref"], vol["moref"]], done)
+
+
+WORKFLOWS: dict[str, Prepare] = {
+    "forced-snapshot": _forced_snapshot("attached-volume"),
+    "forced-snapshot-moved": _forced_snapshot("attached-volume-moved"),
+    "available-snapshot": _available_snapshot,
+    "delete-attached": _delete_attached,
+    "delete-available": _delete_available,
+    "revert": _revert,
+    "consolidate": _consolidate,
+}
+
+
+def _calls_of(vc: Target, ops: Any, tmp_path: Path, prepare: Prepare) -> list[str]:
+    """The workflow's SOAP calls in order, from one run without faults."""
+    driver = make_driver(ops, tmp_path / "dry")
+    case = prepare(vc, ops, driver)
+    with calls_made(vc, ops) as seen:
+        case.run(driver)
+    case.assert_done()
+    return seen
+
+
+def _as_before(vc: Target, ops: Any, case: Case, before: World) -> None:
+    after = world(vc, ops, *case.morefs)
+    assert after.trees == before.trees
+    assert after.homes == before.homes
+    assert after.chains == before.chains
+    assert after.files == before.files
+
+
+def _one(  # noqa: PLR0917
+    vc: Target,
+    ops: Any,
+    tmp_path: Path,
+    prepare: Prepare,
+    fault: Fault,
+    calls: list[str],
+    index: int,
+) -> str:
+    """Inject ``fault`` at call ``index`` of a fresh run; check; return how it ended."""
+    driver = make_driver(ops, tmp_path)
+    case = prepare(vc, ops, driver)
+    before = world(vc, ops, *case.morefs)
+    earlier = {r.id for r in driver.journal.workflows()}  # the scenario's own
+    fault.inject(vc, calls, index)
+    raised: VmdkSnapError | None = None
+    try:
+        case.run(driver)
+    except VmdkSnapError as exc:
+        raised = exc
+    finally:
+        vc.ctl.clear_faults()
+    if raised is None:
+        ending = "success"
+        case.assert_done()
+    elif isinstance(raised, (Incomplete, RollbackFailed)):
+        results = driver.recover()
+        outcomes = {r.outcome for r in results}
+        assert outcomes <= {"finished", "rolled_back"}, results
+        assert len(outcomes) == 1, results
+        ending = f"recover-{outcomes.pop()}"
+        if ending == "recover-finished":
+            case.assert_done()
+        else:
+            _as_before(vc, ops, case, before)
+    else:
+        ending = "rolled-back"
+        _as_before(vc, ops, case, before)
+        ours = [r for r in driver.journal.workflows() if r.id not in earlier]
+        assert all(r.state == jn.ROLLED_BACK for r in ours), (raised, ours)
+    assert driver.journal.unfinished() == []
+    assert_nothing_running(ops, *case.morefs)
+    return ending
+
+
+# Workflows with many calls run in several parts (every PARTS-th call
+# index each), so that the test's xdist workers share them out.
+PARTS = {"forced-snapshot": 2, "forced-snapshot-moved": 3, "consolidate": 2}
+
+
+def _cases() -> list[tuple[str, str, int]]:
+    return [
+        (workflow, kind, part)
+        for workflow, kind in itertools.product(WORKFLOWS, FAULTS)
+        for part in range(PARTS.get(workflow, 1))
+    ]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("workflow", "kind", "part"), _cases())
+def test_a_fault_at_every_call_ends_in_success_rollback_or_recover(  # noqa: PLR0917
+    vc: Target, ops: Any, tmp_path: Path, workflow: str, kind: str, part: int
+) -> None:
+    prepare, fault = WORKFLOWS[workflow], FAULTS[kind]
+    calls = _calls_of(vc, ops, tmp_path, prepare)
+    indices = [i for i, method in enumerate(calls) if fault.applies(method)]
+    assert indices, f"{workflow} makes no call {kind} applies to: {calls}"
+    endings: dict[str, list[int]] = {}
+    for index in indices[part :: PARTS.get(workflow, 1)]:
+        try:
+            ending = _one(vc, ops, tmp_path / str(index), prepare, fault, calls, index)
+        except AssertionError as exc:
+            raise AssertionError(f"{kind} at call {index} ({calls[index]}): {exc}") from exc
+        endings.setdefault(ending, []).append(index)
+    # Each run ended one of the three ways (asserted inside).
+    if fault.always_succeeds:
+        assert set(endings) == {"success"}, {e: [calls[i] for i in ix] for e, ix in endings.items()}
