@@ -105,6 +105,8 @@ class Driver:
         journal_path: the SQLite journal (default: the user's state dir,
             see :func:`vmdk_snap.workflows.journal.default_journal_path`); the per-volume
             lock files live beside it.
+        journal: an already opened :class:`~vmdk_snap.workflows.journal.Journal`,
+            instead of ``journal_path`` (several Drivers may share one).
         strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
         instance_wait: how long (seconds) a workflow that changes an instance
             waits for another one on the same instance before ``Busy``.
@@ -115,12 +117,13 @@ class Driver:
         session: Any,
         *,
         journal_path: Path | None = None,
+        journal: Journal | None = None,
         strategies: Mapping[str, SnapshotStrategy] | None = None,
         instance_wait: float = DEFAULT_INSTANCE_WAIT,
     ) -> None:
         self.instance_wait = instance_wait
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
-        self.journal = Journal(journal_path)
+        self.journal = journal if journal is not None else Journal(journal_path)
         self._engine = Engine[OpsContext](self.journal)
         self.strategies: dict[str, SnapshotStrategy] = {
             AVAILABLE: DetachedStrategy(),

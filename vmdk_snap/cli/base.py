@@ -33,6 +33,7 @@ from vmdk_snap.cli.output import Output
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.vsphere.session import Session
 from vmdk_snap.workflows.engine import Incomplete, RollbackFailed
+from vmdk_snap.workflows.journal import Journal
 
 __all__ = [
     "EXIT_BUSY",
@@ -85,7 +86,7 @@ def parse_volume(text: str) -> Volume:
 
 def classify(exc: BaseException) -> tuple[int, str]:
     """The exit code and the kind (``not_found``, ...) for an exception."""
-    if isinstance(exc, (UsageError, ConfigError)):
+    if isinstance(exc, (UsageError, ConfigError, errors.JournalError)):
         return EXIT_USAGE, "usage"
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
@@ -130,6 +131,7 @@ class Context:
     env: Mapping[str, str]
     interactive: bool = False
     _settings: Settings | None = field(default=None, repr=False)
+    _journal: Journal | None = field(default=None, repr=False)
     _warned: bool = False
 
     @property
@@ -175,9 +177,23 @@ class Context:
         """Whether this command only reads from vCenter."""
         return bool(getattr(self.args, "reads_only", False) or getattr(self.args, "dry_run", False))
 
+    def journal(self) -> Journal:
+        """The journal, opened (checked, or created) once, before connecting.
+
+        Raises:
+            JournalError: its remedy names the setting the path came from.
+        """
+        if self._journal is None:
+            s = self.settings
+            try:
+                self._journal = Journal(Path(s.journal) if s.journal else None)
+            except errors.JournalError as exc:
+                raise exc.naming(s.journal_setting) from exc
+        return self._journal
+
     @contextmanager
     def driver(self) -> Iterator[Driver]:
         """A logged-in Driver; logs out on exit."""
-        journal = self.settings.journal
+        journal = self.journal()
         with self.session() as session:
-            yield Driver(session, journal_path=Path(journal) if journal else None)
+            yield Driver(session, journal=journal)

@@ -104,8 +104,7 @@ class _Workers:
             session.__enter__()
             with self._lock:
                 self._stack.push(session.__exit__)
-            journal = self._ctx.settings.journal
-            driver = Driver(session, journal_path=Path(journal) if journal else None)
+            driver = Driver(session, journal=self._ctx.journal())
             self._local.driver = driver
         return driver
 
@@ -145,6 +144,7 @@ def run_batch(ctx: Context) -> int:
             raise UsageError(f"batch {a.operation} needs --name NAME")
         validate_snapshot_name(a.name)
     _ = ctx.settings  # resolve (and prompt for) the password once, before the workers
+    ctx.journal()  # a bad journal is refused before connecting
     workers = _Workers(ctx)
     try:
         inventory = read_inventory(workers.driver().ops.session)

@@ -61,6 +61,7 @@ class Settings:
     thumbprint: str | None = None
     insecure: bool = False
     journal: str | None = None
+    journal_setting: str = "--journal"  # where ``journal`` was given, for error messages
 
     def __repr__(self) -> str:  # the password never reaches a log or traceback
         return (
@@ -136,6 +137,11 @@ def _read_file(path: Path, explicit: bool) -> dict[str, str]:
     return values
 
 
+def _first(*candidates: tuple[str, str | None]) -> tuple[str, str] | None:
+    """The first ``(where, value)`` that has a value."""
+    return next(((where, value) for where, value in candidates if value), None)
+
+
 def _prompt(username: str, url: str) -> str:
     return getpass.getpass(f"Password for {username} at {url}: ")
 
@@ -207,6 +213,11 @@ def load_settings(
     ca_file = flags.ca_file or env.get("VMDK_SNAP_CA_FILE") or file.get("ca_file")
     if ca_file and not Path(os.path.expanduser(ca_file)).is_file():
         raise ConfigError(f"CA file {ca_file} does not exist: give the path of a PEM bundle")
+    journal_setting, journal = _first(
+        ("--journal", flags.journal),
+        ("VMDK_SNAP_JOURNAL", env.get("VMDK_SNAP_JOURNAL")),
+        (f"journal in {path}", file.get("journal")),
+    ) or ("--journal", None)
     return Settings(
         url=url,
         username=username,
@@ -214,5 +225,6 @@ def load_settings(
         ca_file=os.path.expanduser(ca_file) if ca_file else None,
         thumbprint=flags.thumbprint or env.get("VMDK_SNAP_THUMBPRINT") or file.get("thumbprint"),
         insecure=insecure,
-        journal=flags.journal or env.get("VMDK_SNAP_JOURNAL") or file.get("journal"),
+        journal=journal,
+        journal_setting=journal_setting,
     )

@@ -1,0 +1,164 @@
+"""Bad input: exit 2, one line saying what to do, the JSON error with --json, nothing touched.
+
+Each case is refused before connecting: the target is a local port nobody
+listens on, so an attempt to connect would end in exit 6 instead of 2. The
+journal cases also check that the refused file keeps its bytes and mtime.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cli.support import Cli, Result
+from tests.conftest import Target
+from vmdk_snap.cli.base import EXIT_USAGE
+from vmdk_snap.workflows.journal import Journal
+
+UNKNOWN = "00000000-dead-beef-0000-000000000000"
+
+
+def closed_port_cli(home: Path) -> Cli:
+    """``vmdk-snap`` aimed at a local port nobody listens on: connecting fails at once (exit 6)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    target = Target("live", f"https://127.0.0.1:{port}/sdk", "127.0.0.1", port, "u", "p",
+                    "", "", None)  # type: ignore[arg-type]  # fmt: skip
+    cli = Cli(target, home)
+    cli.env.pop("VMDK_SNAP_CA_FILE")
+    return cli
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    home = tmp_path / "home"
+    home.mkdir()
+    return closed_port_cli(home)
+
+
+def usage_error(r: Result) -> str:
+    """The message of an exit-2 error, checked to be one line (and the JSON's, if any).
+
+    Exit 2 and not 6 also says that the command never tried to connect.
+    """
+    assert r.code == EXIT_USAGE, r.err
+    assert r.line.startswith("vmdk-snap: ")
+    message = r.line.removeprefix("vmdk-snap: ")
+    if r.out:
+        assert r.json()["error"] == {"kind": "usage", "exit_code": EXIT_USAGE, "message": message}
+    return message
+
+
+def files(directory: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``directory``: its bytes and mtime."""
+    return {
+        str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+# -- the journal -------------------------------------------------------------------
+
+
+def _journal_bytes(directory: Path) -> bytes:
+    journal = Journal(directory / "journal.sqlite")
+    journal.begin("snapshot", "vol-1", {"name": "s1"})
+    return journal.path.read_bytes()
+
+
+def _sqlite(path: Path, sql: str) -> None:
+    db = sqlite3.connect(path)
+    db.execute(sql)
+    db.commit()
+    db.close()
+
+
+JOURNALS: dict[str, tuple[Callable[[Path, bytes], object], str, str]] = {
+    # kind: (make it, what the error says, what to do with {setting} where the path came from)
+    "text": (
+        lambda p, _: p.write_text("hello\n" * 50),
+        "is not a vmdk-snap journal (not an SQLite database)",
+        "point {setting} at a new file or at a vmdk-snap journal",
+    ),
+    "foreign": (
+        lambda p, _: _sqlite(p, "CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)"),
+        "is not a vmdk-snap journal (an SQLite database with other tables: accounts)",
+        "point {setting} at a new file or at a vmdk-snap journal",
+    ),
+    "foreign-steps": (
+        lambda p, _: _sqlite(p, "CREATE TABLE steps (id INTEGER PRIMARY KEY, recipe TEXT)"),
+        "is not a vmdk-snap journal (an SQLite database whose table steps is not a journal's)",
+        "point {setting} at a new file or at a vmdk-snap journal",
+    ),
+    "truncated": (
+        lambda p, good: p.write_bytes(good[: len(good) // 2]),
+        "is damaged (SQLite: database disk image is malformed)",
+        "restore it from a backup, or point {setting} at a new file",
+    ),
+    "corrupt": (
+        lambda p, good: p.write_bytes(good[:16] + b"\x00\x07" + good[18:]),
+        "is damaged (SQLite: file is not a database)",
+        "restore it from a backup, or point {setting} at a new file",
+    ),
+    "directory": (
+        lambda p, _: p.mkdir(),
+        "is a directory",
+        "point {setting} at a file, e.g. ",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(JOURNALS))
+def test_a_journal_that_is_not_one_is_refused_untouched(
+    cli: Cli, tmp_path: Path, kind: str
+) -> None:
+    make, says, remedy = JOURNALS[kind]
+    good = _journal_bytes(tmp_path)
+    here = tmp_path / "here"
+    here.mkdir()
+    path = here / "journal.sqlite"
+    make(path, good)
+    before = files(here)
+    env = {k: v for k, v in cli.env.items() if k != "VMDK_SNAP_JOURNAL"}
+    config = cli.home / "config.ini"
+    config.write_text(f"[vcenter]\njournal = {path}\n")
+
+    for argv, run_env, setting in [
+        (["list", UNKNOWN, "--journal", str(path)], env, "--journal"),
+        (["snapshot", UNKNOWN, "--name", "s1", "--json"], env | {"VMDK_SNAP_JOURNAL": str(path)},
+         "VMDK_SNAP_JOURNAL"),
+        (["recover", "--config", str(config)], env, f"journal in {config}"),
+        (["batch", "check", "--all-attached", "--journal", str(path), "--json"], env, "--journal"),
+    ]:  # fmt: skip
+        r = cli(*argv, env=run_env)
+        message = usage_error(r)
+        assert message.startswith(f"journal {path} {says}"), message
+        assert "; " + remedy.format(setting=setting) in message, message
+        assert bool(r.out) == ("--json" in argv)
+        assert files(here) == before  # same bytes, same mtime, nothing beside it
+
+
+def test_a_journal_that_cannot_be_created_is_refused(cli: Cli, tmp_path: Path) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where a directory should be\n")
+    path = blocker / "vmdk-snap" / "journal.sqlite"
+    r = cli("list", UNKNOWN, "--journal", str(path), "--json")
+    assert usage_error(r) == (
+        f"journal {path} cannot be created ({blocker} is not a directory); "
+        "point --journal at a file in a directory this user can write"
+    )
+    assert blocker.read_text() == "a file where a directory should be\n"
+
+
+def test_a_good_journal_is_still_accepted(cli: Cli, tmp_path: Path) -> None:
+    """The checks do not refuse the journal a previous command created."""
+    path = tmp_path / "journal.sqlite"
+    _journal_bytes(tmp_path)
+    r = cli("list", "vol<1>", "--journal", str(path))  # refused after the journal check
+    assert "is not a Cinder volume" in usage_error(r)
