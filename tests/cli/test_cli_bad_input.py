@@ -162,3 +162,37 @@ def test_a_good_journal_is_still_accepted(cli: Cli, tmp_path: Path) -> None:
     _journal_bytes(tmp_path)
     r = cli("list", "vol<1>", "--journal", str(path))  # refused after the journal check
     assert "is not a Cinder volume" in usage_error(r)
+
+
+# -- URLs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://[::1/sdk", "an IPv6 address without its closing ']'"),
+        ("https://vc.example.org:99999/sdk", "port 99999 is out of range"),
+        ("vc.example.org:abc", "port 'abc' is not a number"),
+    ],
+)
+def test_a_malformed_url_is_refused_before_connecting(cli: Cli, url: str, problem: str) -> None:
+    remedy = "give https://HOST[:PORT]/sdk, an IPv6 HOST in brackets, PORT from 1 to 65535"
+    env = {k: v for k, v in cli.env.items() if k != "VMDK_SNAP_URL"}
+    config = cli.home / "config.ini"
+    config.write_text(f"[vcenter]\nurl = {url}\n")
+    for argv, run_env, where in [
+        (["list", UNKNOWN, "--url", url], env, "--url"),
+        (["list", UNKNOWN, "--json"], env | {"VMDK_SNAP_URL": url}, "VMDK_SNAP_URL"),
+        (["snapshot", UNKNOWN, "--name", "s1"], env | {"GOVC_URL": url}, "GOVC_URL"),
+        (["recover", "--config", str(config)], env, f"url in {config}"),
+    ]:
+        message = usage_error(cli(*argv, env=run_env))
+        assert message == f"{where} {url!r} is not a valid vCenter URL ({problem}): {remedy}"
+
+
+def test_a_malformed_url_never_shows_its_password(cli: Cli) -> None:
+    env = {k: v for k, v in cli.env.items() if k != "VMDK_SNAP_URL"}
+    r = cli("list", UNKNOWN, "--json", env=env | {"GOVC_URL": "admin:s3cret-pw@[::1:443"})
+    message = usage_error(r)
+    assert message.startswith("GOVC_URL '***@[::1:443' is not a valid vCenter URL")
+    assert "s3cret" not in r.out + r.err
