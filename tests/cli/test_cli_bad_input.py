@@ -7,6 +7,7 @@ journal cases also check that the refused file keeps its bytes and mtime.
 
 from __future__ import annotations
 
+import io
 import socket
 import sqlite3
 from collections.abc import Callable
@@ -196,3 +197,24 @@ def test_a_malformed_url_never_shows_its_password(cli: Cli) -> None:
     message = usage_error(r)
     assert message.startswith("GOVC_URL '***@[::1:443' is not a valid vCenter URL")
     assert "s3cret" not in r.out + r.err
+
+
+# -- batch files -------------------------------------------------------------------
+
+
+def test_a_volume_list_that_is_not_utf8_is_refused(cli: Cli) -> None:
+    listing = cli.home / "volumes.txt"
+    listing.write_bytes(b"# nightly\nvolume-1\nvol\xe9-2\n")
+    r = cli("batch", "check", "--file", str(listing), "--json")
+    assert usage_error(r) == (
+        f"volume list {listing} is not UTF-8 text: byte 0xe9 at offset 22 (line 3): "
+        "save it as UTF-8 (volume ids are plain ASCII)"
+    )
+
+
+def test_a_volume_list_on_stdin_that_is_not_utf8_is_refused(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfev\x00o\x00l\x00")))
+    message = usage_error(cli("batch", "check", "--file", "-"))
+    assert message.startswith("volume list on stdin is not UTF-8 text: byte 0xff at offset 0")
