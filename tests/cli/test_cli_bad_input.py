@@ -218,3 +218,36 @@ def test_a_volume_list_on_stdin_that_is_not_utf8_is_refused(
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfev\x00o\x00l\x00")))
     message = usage_error(cli("batch", "check", "--file", "-"))
     assert message.startswith("volume list on stdin is not UTF-8 text: byte 0xff at offset 0")
+
+
+# -- --json with argument errors ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "says"),
+    [
+        (["--json", "frobnicate"], None, "invalid choice: 'frobnicate'"),
+        (["--json"], None, "the following arguments are required: COMMAND"),
+        (["snapshot", UNKNOWN, "--json"], "snapshot", "arguments are required: --name"),
+        (["--json", "list", UNKNOWN, "--bogus"], "list", "unrecognized arguments: --bogus"),
+        (["list", "--js"], "list", "the following arguments are required: VOLUME"),
+        (["batch", "snapshot", "--json", "--concurrency", "x"], "batch", "invalid int value"),
+        (["list", UNKNOWN, "--json", "--config", "/nonexistent/c.ini"], "list", "does not exist"),
+    ],
+)
+def test_json_argument_errors_print_the_json_error(
+    cli: Cli, argv: list[str], command: str | None, says: str
+) -> None:
+    r = cli(*argv)
+    message = usage_error(r)
+    assert says in message
+    doc = r.json()
+    assert doc["schema"] == 1
+    assert doc["command"] == command
+    assert doc["error"]["message"] == message
+
+
+def test_json_after_double_dash_is_not_the_option(cli: Cli) -> None:
+    r = cli("snapshot", "--", "--json")  # a (strange) volume id; --name is still missing
+    assert "arguments are required: --name" in usage_error(r)
+    assert r.out == ""
