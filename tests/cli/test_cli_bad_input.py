@@ -251,3 +251,41 @@ def test_json_after_double_dash_is_not_the_option(cli: Cli) -> None:
     r = cli("snapshot", "--", "--json")  # a (strange) volume id; --name is still missing
     assert "arguments are required: --name" in usage_error(r)
     assert r.out == ""
+
+
+# -- volume ids that start with '-' -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "example"),
+    [
+        (["snapshot", "-3f2a-9c1e", "--name", "s1"], "vmdk-snap snapshot [OPTIONS] -- -3f2a-9c1e"),
+        (["snapshot", "--name", "s1", "-3f2a-9c1e"], "vmdk-snap snapshot [OPTIONS] -- -3f2a-9c1e"),
+        (["delete", "-abc", "s1", "--json"], "vmdk-snap delete [OPTIONS] -- -abc"),
+        (["check", "-abc"], "vmdk-snap check [OPTIONS] -- -abc"),
+        (["list", UNKNOWN, "-abc"], "vmdk-snap list [OPTIONS] -- -abc"),
+    ],
+)
+def test_a_volume_id_taken_for_an_option_gets_the_double_dash_remedy(
+    cli: Cli, argv: list[str], example: str
+) -> None:
+    message = usage_error(cli(*argv))
+    assert message.endswith(f"; put -- before volume ids that start with '-': {example}")
+
+
+def test_other_argument_errors_do_not_mention_double_dash(cli: Cli) -> None:
+    assert "put --" not in usage_error(cli("snapshot", UNKNOWN, "-vv"))
+    assert "put --" not in usage_error(cli("frobnicate", "-k"))
+
+
+def test_volume_ids_that_start_with_a_dash_pass_after_double_dash(cli: Cli) -> None:
+    """They reach the connection (refused), so argparse and the id check let them by."""
+    for argv in (
+        ["snapshot", "--name", "s1", "--", "-3f2a-9c1e"],
+        ["delete", "--json", "--", "-3f2a-9c1e", "s1"],
+        ["list", "--", "volume--3f2a-9c1e"],
+        ["snapshot", "-1234", "--name", "s1"],  # a negative number is no option to argparse
+    ):
+        r = cli(*argv)
+        assert r.code == 6, (argv, r.err)
+        assert "cannot reach" in r.line

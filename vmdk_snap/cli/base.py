@@ -67,7 +67,8 @@ EXIT_PARTIAL = 8
 EXIT_RECOVER = 9
 EXIT_INTERRUPTED = 130
 
-_VOLUME_RE = re.compile(r"^(?:volume-)?[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
+# A leading '-' is allowed: such an id is given after "--" (or, all digits, as is).
+_VOLUME_RE = re.compile(r"^(?:volume-)?[0-9A-Za-z-]{1,64}$")
 
 
 class UsageError(Exception):

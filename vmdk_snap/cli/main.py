@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -99,6 +100,12 @@ def build_parser() -> _Parser:
     return parser
 
 
+# Parse errors that a volume id starting with '-', taken for an option, causes.
+_MISSING = ("unrecognized arguments", "required", "explicit argument", "expected one argument")
+_DASHED = re.compile(r"^-[0-9A-Za-z][0-9A-Za-z-]+$")
+_FLAGS = re.compile(r"^-[hkv]+$")  # short options that take no value, possibly combined
+
+
 def _parse_failed(
     exc: UsageError, argv: Sequence[str], commands: Sequence[str], stdout: TextIO, stderr: TextIO
 ) -> int:
@@ -110,6 +117,10 @@ def _parse_failed(
     words = list(argv[: argv.index("--")] if "--" in argv else argv)
     message = one_line(exc)
     command = next((w for w in words if w in commands), None)
+    dashed = next((w for w in words if _DASHED.match(w) and not _FLAGS.match(w)), None)
+    if dashed and any(m in message for m in _MISSING):
+        example = f"vmdk-snap {command or 'COMMAND'} [OPTIONS] -- {dashed}"
+        message += f"; put -- before volume ids that start with '-': {example}"
     as_json = any(len(w) >= 4 and "--json".startswith(w) for w in words)
     out = Output(stdout, stderr, as_json=as_json)
     out.note(f"vmdk-snap: {message}")
