@@ -112,6 +112,8 @@ class Driver:
             see :func:`vmdk_snap.workflows.journal.default_journal_path`).
         lock_dir: the host's lock directory, whatever the journal (default:
             :func:`vmdk_snap.workflows.locks.default_lock_dir`).
+        journal: an already opened :class:`~vmdk_snap.workflows.journal.Journal`,
+            instead of ``journal_path`` (several Drivers may share one).
         strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
         instance_wait: how long (seconds) a workflow that changes an instance
             waits for another one on the same instance before ``Busy``.
@@ -123,12 +125,13 @@ class Driver:
         *,
         journal_path: Path | None = None,
         lock_dir: Path | None = None,
+        journal: Journal | None = None,
         strategies: Mapping[str, SnapshotStrategy] | None = None,
         instance_wait: float = DEFAULT_INSTANCE_WAIT,
     ) -> None:
         self.instance_wait = instance_wait
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
-        self.journal = Journal(journal_path)
+        self.journal = journal if journal is not None else Journal(journal_path)
         self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
         self._engine = Engine[OpsContext](self.journal)
         self.strategies: dict[str, SnapshotStrategy] = {

@@ -7,6 +7,7 @@ Every error says what went wrong (``str(exc)``) and what to do about it
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from vmdk_snap.types import TaskRef
@@ -19,6 +20,7 @@ __all__ = [
     "FileLocked",
     "InvalidInput",
     "InvalidState",
+    "JournalError",
     "NoDiskSpace",
     "NotFound",
     "QuiesceFailed",
@@ -71,6 +73,27 @@ class InvalidState(VmdkSnapError):
 
 class InvalidInput(VmdkSnapError):
     """vSphere rejected an argument (bad device spec, host cannot see datastore, ...)."""
+
+
+class JournalError(VmdkSnapError):
+    """The journal file cannot be used: not a vmdk-snap journal, damaged, or not creatable.
+
+    Nothing was written to it. ``path`` is the file; ``problem`` says what is
+    wrong with it and ``remedy`` what to do, with ``{setting}`` standing for
+    where the path was given (``journal_path`` for the library).
+    """
+
+    def __init__(
+        self, path: Path, problem: str, remedy: str, setting: str = "journal_path"
+    ) -> None:
+        super().__init__(f"journal {path} {problem}", hint=remedy.format(setting=setting))
+        self.path = path
+        self.problem = problem
+        self.remedy = remedy
+
+    def naming(self, setting: str) -> JournalError:
+        """The same error, its remedy naming ``setting`` (e.g. ``--journal``)."""
+        return JournalError(self.path, self.problem, self.remedy, setting)
 
 
 class Busy(VmdkSnapError):

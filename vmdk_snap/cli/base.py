@@ -33,6 +33,7 @@ from vmdk_snap.cli.output import Output
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.vsphere.session import Session
 from vmdk_snap.workflows.engine import Incomplete, RollbackFailed
+from vmdk_snap.workflows.journal import Journal
 
 __all__ = [
     "EXIT_BUSY",
@@ -66,7 +67,8 @@ EXIT_PARTIAL = 8
 EXIT_RECOVER = 9
 EXIT_INTERRUPTED = 130
 
-_VOLUME_RE = re.compile(r"^(?:volume-)?[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
+# A leading '-' is allowed: such an id is given after "--" (or, all digits, as is).
+_VOLUME_RE = re.compile(r"^(?:volume-)?[0-9A-Za-z-]{1,64}$")
 
 
 class UsageError(Exception):
@@ -85,7 +87,7 @@ def parse_volume(text: str) -> Volume:
 
 def classify(exc: BaseException) -> tuple[int, str]:
     """The exit code and the kind (``not_found``, ...) for an exception."""
-    if isinstance(exc, (UsageError, ConfigError)):
+    if isinstance(exc, (UsageError, ConfigError, errors.JournalError)):
         return EXIT_USAGE, "usage"
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
@@ -130,6 +132,7 @@ class Context:
     env: Mapping[str, str]
     interactive: bool = False
     _settings: Settings | None = field(default=None, repr=False)
+    _journal: Journal | None = field(default=None, repr=False)
     _warned: bool = False
 
     @property
@@ -176,13 +179,27 @@ class Context:
         """Whether this command only reads from vCenter."""
         return bool(getattr(self.args, "reads_only", False) or getattr(self.args, "dry_run", False))
 
+    def journal(self) -> Journal:
+        """The journal, opened (checked, or created) once, before connecting.
+
+        Raises:
+            JournalError: its remedy names the setting the path came from.
+        """
+        if self._journal is None:
+            s = self.settings
+            try:
+                self._journal = Journal(Path(s.journal) if s.journal else None)
+            except errors.JournalError as exc:
+                raise exc.naming(s.journal_setting) from exc
+        return self._journal
+
     @contextmanager
     def driver(self) -> Iterator[Driver]:
         """A logged-in Driver; logs out on exit."""
-        journal, lock_dir = self.settings.journal, self.settings.lock_dir
+        journal, lock_dir = self.journal(), self.settings.lock_dir
         with self.session() as session:
             yield Driver(
                 session,
-                journal_path=Path(journal) if journal else None,
+                journal=journal,
                 lock_dir=Path(lock_dir) if lock_dir else None,
             )

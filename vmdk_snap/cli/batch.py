@@ -79,10 +79,24 @@ class Outcome:
 
 def _read_volumes(path: str) -> list[str]:
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        if path != "-":
+            data = Path(path).read_bytes()
+        elif hasattr(sys.stdin, "buffer"):
+            data = sys.stdin.buffer.read()
+        else:  # a text stream put in place of stdin
+            data = sys.stdin.read().encode("utf-8", "surrogateescape")
     except OSError as exc:
         raise UsageError(
             f"cannot read volume list {path}: {exc.strerror}: give a readable file"
+        ) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        name = "on stdin" if path == "-" else path
+        raise UsageError(
+            f"volume list {name} is not UTF-8 text: byte {data[exc.start]:#04x} at offset "
+            f"{exc.start} (line {line}): save it as UTF-8 (volume ids are plain ASCII)"
         ) from exc
     entries = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     return list(dict.fromkeys(e for e in entries if e))  # in order, once each
@@ -104,8 +118,7 @@ class _Workers:
             session.__enter__()
             with self._lock:
                 self._stack.push(session.__exit__)
-            journal = self._ctx.settings.journal
-            driver = Driver(session, journal_path=Path(journal) if journal else None)
+            driver = Driver(session, journal=self._ctx.journal())
             self._local.driver = driver
         return driver
 
@@ -145,10 +158,13 @@ def run_batch(ctx: Context) -> int:
             raise UsageError(f"batch {a.operation} needs --name NAME")
         validate_snapshot_name(a.name)
     _ = ctx.settings  # resolve (and prompt for) the password once, before the workers
+    # Bad input is refused before connecting: the volume list, the journal.
+    listed = None if a.all_attached else _read_volumes(a.file)
+    ctx.journal()
     workers = _Workers(ctx)
     try:
         inventory = read_inventory(workers.driver().ops.session)
-        volumes = list(inventory.attached) if a.all_attached else _read_volumes(a.file)
+        volumes = list(inventory.attached) if listed is None else listed
         # Volumes of one instance run one after the other (each forced
         # snapshot takes a temporary snapshot of the instance); instances and
         # detached volumes run side by side.

@@ -63,6 +63,7 @@ class Settings:
     insecure: bool = False
     journal: str | None = None
     lock_dir: str | None = None  # None: the library's default (vmdk_snap.workflows.locks)
+    journal_setting: str = "--journal"  # where ``journal`` was given, for error messages
 
     def __repr__(self) -> str:  # the password never reaches a log or traceback
         return (
@@ -78,24 +79,63 @@ def default_config_path(env: Mapping[str, str]) -> Path:
     return Path(os.path.expanduser(base)) / "vmdk-snap" / "config.ini"
 
 
-def normalize_url(raw: str) -> tuple[str, str | None, str | None]:
+_URL_FORM = "give https://HOST[:PORT]/sdk, an IPv6 HOST in brackets, PORT from 1 to 65535"
+
+
+def normalize_url(raw: str, where: str = "vCenter URL") -> tuple[str, str | None, str | None]:
     """Return (url without user info, user, password) for a govc-style URL.
 
     ``vc.example.org`` becomes ``https://vc.example.org/sdk``, as govc does.
+    ``where`` names the setting the URL came from, for the error message.
+
+    Raises:
+        ConfigError: the URL cannot be parsed (unclosed ``[``, bad port) or has no host.
     """
     text = raw.strip()
     if "://" not in text:
         text = "https://" + text
-    parts = urllib.parse.urlsplit(text)
+    shown = _without_userinfo(raw)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+        if port == 0:
+            raise ValueError("Port out of range 1-65535")
+    except ValueError as exc:
+        problem = _url_problem(text, exc)
+        raise ConfigError(
+            f"{where} {shown!r} is not a valid vCenter URL ({problem}): {_URL_FORM}"
+        ) from exc
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ConfigError(f"vCenter URL {raw!r} is not valid: use https://HOST/sdk or HOST")
+        raise ConfigError(f"vCenter URL {shown!r} is not valid: use https://HOST/sdk or HOST")
     user = urllib.parse.unquote(parts.username) if parts.username else None
     password = urllib.parse.unquote(parts.password) if parts.password is not None else None
     netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    if parts.port:
-        netloc += f":{parts.port}"
+    if port:
+        netloc += f":{port}"
     path = parts.path if parts.path not in ("", "/") else "/sdk"
     return urllib.parse.urlunsplit((parts.scheme, netloc, path, "", "")), user, password
+
+
+def _url_problem(text: str, exc: ValueError) -> str:
+    """What urllib's ValueError means, in the user's terms."""
+    if "IPv6" in str(exc):
+        return "an IPv6 address without its closing ']'"
+    # Everything after the host (and its brackets) is the port.
+    host_port = text.partition("://")[2].split("/", 1)[0].rpartition("@")[2]
+    port = host_port.rpartition("]")[2].partition(":")[2]
+    if "range" in str(exc):
+        return f"port {port} is out of range"
+    return f"port {port!r} is not a number"
+
+
+def _without_userinfo(url: str) -> str:
+    """The URL with any ``user:password@`` replaced, so that it can be shown."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"
 
 
 def _flag(value: str, where: str) -> bool:
@@ -108,7 +148,10 @@ def _flag(value: str, where: str) -> bool:
 
 
 def _has_password(url: str) -> bool:
-    return bool(urllib.parse.urlsplit(url if "://" in url else "https://" + url).password)
+    try:
+        return bool(urllib.parse.urlsplit(url if "://" in url else "https://" + url).password)
+    except ValueError:  # unparsable: normalize_url says what is wrong with it
+        return ":" in url.split("://", 1)[-1].rpartition("@")[0]
 
 
 def _read_file(path: Path, explicit: bool) -> dict[str, str]:
@@ -138,6 +181,11 @@ def _read_file(path: Path, explicit: bool) -> dict[str, str]:
     return values
 
 
+def _first(*candidates: tuple[str, str | None]) -> tuple[str, str] | None:
+    """The first ``(where, value)`` that has a value."""
+    return next(((where, value) for where, value in candidates if value), None)
+
+
 def _prompt(username: str, url: str) -> str:
     return getpass.getpass(f"Password for {username} at {url}: ")
 
@@ -163,13 +211,18 @@ def load_settings(
     path = Path(os.path.expanduser(explicit)) if explicit else default_config_path(env)
     file = _read_file(path, explicit=bool(explicit))
 
-    raw_url = flags.url or env.get("VMDK_SNAP_URL") or env.get("GOVC_URL") or file.get("url")
-    if not raw_url:
+    found_url = _first(
+        ("--url", flags.url),
+        ("VMDK_SNAP_URL", env.get("VMDK_SNAP_URL")),
+        ("GOVC_URL", env.get("GOVC_URL")),
+        (f"url in {path}", file.get("url")),
+    )
+    if found_url is None:
         raise ConfigError(
             "no vCenter URL: pass --url, set VMDK_SNAP_URL (or GOVC_URL), "
             f"or put url = ... in the [{SECTION}] section of {path}"
         )
-    url, url_user, url_password = normalize_url(raw_url)
+    url, url_user, url_password = normalize_url(found_url[1], found_url[0])
 
     username = (
         flags.username
@@ -209,6 +262,11 @@ def load_settings(
     ca_file = flags.ca_file or env.get("VMDK_SNAP_CA_FILE") or file.get("ca_file")
     if ca_file and not Path(os.path.expanduser(ca_file)).is_file():
         raise ConfigError(f"CA file {ca_file} does not exist: give the path of a PEM bundle")
+    journal_setting, journal = _first(
+        ("--journal", flags.journal),
+        ("VMDK_SNAP_JOURNAL", env.get("VMDK_SNAP_JOURNAL")),
+        (f"journal in {path}", file.get("journal")),
+    ) or ("--journal", None)
     return Settings(
         url=url,
         username=username,
@@ -216,6 +274,7 @@ def load_settings(
         ca_file=os.path.expanduser(ca_file) if ca_file else None,
         thumbprint=flags.thumbprint or env.get("VMDK_SNAP_THUMBPRINT") or file.get("thumbprint"),
         insecure=insecure,
-        journal=flags.journal or env.get("VMDK_SNAP_JOURNAL") or file.get("journal"),
+        journal=journal,
+        journal_setting=journal_setting,
         lock_dir=flags.lock_dir or env.get("VMDK_SNAP_LOCK_DIR") or file.get("lock_dir"),
     )

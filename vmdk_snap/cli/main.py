@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,8 @@ Exit codes: 0 ok, 1 unexpected, 2 usage/input/config, 3 not found,
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (the message says where to get help), exit 2."""
+
+    commands: tuple[str, ...] = ()  # the subcommands' names (on the top-level parser)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
@@ -88,7 +91,7 @@ _DEFAULTS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     common = _common()
     parser = _Parser(
         prog="vmdk-snap",
@@ -100,7 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     cli_commands.register(sub, common)
     cli_batch.register(sub, common)
+    parser.commands = tuple(sub.choices)
     return parser
+
+
+# Parse errors that a volume id starting with '-', taken for an option, causes.
+_MISSING = ("unrecognized arguments", "required", "explicit argument", "expected one argument")
+_DASHED = re.compile(r"^-[0-9A-Za-z][0-9A-Za-z-]+$")
+_FLAGS = re.compile(r"^-[hkv]+$")  # short options that take no value, possibly combined
+
+
+def _parse_failed(
+    exc: UsageError, argv: Sequence[str], commands: Sequence[str], stdout: TextIO, stderr: TextIO
+) -> int:
+    """Report a command line argparse refused: one line, and the JSON error if --json was given.
+
+    The parse stopped before --json was read, so it is looked for in ``argv``
+    (before ``--``; argparse also takes the prefix ``--js``).
+    """
+    words = list(argv[: argv.index("--")] if "--" in argv else argv)
+    message = one_line(exc)
+    command = next((w for w in words if w in commands), None)
+    dashed = next((w for w in words if _DASHED.match(w) and not _FLAGS.match(w)), None)
+    if dashed and any(m in message for m in _MISSING):
+        example = f"vmdk-snap {command or 'COMMAND'} [OPTIONS] -- {dashed}"
+        message += f"; put -- before volume ids that start with '-': {example}"
+    as_json = any(len(w) >= 4 and "--json".startswith(w) for w in words)
+    out = Output(stdout, stderr, as_json=as_json)
+    out.note(f"vmdk-snap: {message}")
+    out.document(command, {"error": {"kind": "usage", "exit_code": EXIT_USAGE, "message": message}})
+    return EXIT_USAGE
 
 
 def _logging(verbose: int, stderr: TextIO) -> logging.Handler:
@@ -138,11 +170,11 @@ def main(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     parser = build_parser()
+    argv = list(argv) if argv is not None else sys.argv[1:]
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(argv)
     except UsageError as exc:
-        print(f"vmdk-snap: {exc}", file=stderr, flush=True)
-        return EXIT_USAGE
+        return _parse_failed(exc, argv, parser.commands, stdout, stderr)
     # Defaults here, not with set_defaults: the option objects are shared with
     # the subcommands (parents=), and a default there would undo "--json list".
     for key, value in _DEFAULTS.items():

@@ -87,8 +87,11 @@ class Output:
         if not self.as_json:
             print(text, file=self.stdout, flush=True)
 
-    def document(self, command: str, payload: Mapping[str, Any]) -> None:
-        """Print the --json document of a command: ``{"schema", "command", ...}``."""
+    def document(self, command: str | None, payload: Mapping[str, Any]) -> None:
+        """Print the --json document of a command: ``{"schema", "command", ...}``.
+
+        ``command`` is None only when the command line named none that exists.
+        """
         if self.as_json:
             doc = {"schema": SCHEMA, "command": command, **payload}
             print(json.dumps(doc, indent=2, sort_keys=True, default=str), file=self.stdout)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmdk_snap.workflows.locks import exclusive
+from vmdk_snap.workflows.journal_file import prepare
 
 __all__ = [
     "Journal",
@@ -132,16 +132,15 @@ class Journal:
     """
 
     def __init__(self, path: Path | None = None) -> None:
+        """Open the journal at ``path``, creating it if it is absent or empty.
+
+        Raises:
+            JournalError: ``path`` is not a vmdk-snap journal (another file, a
+                damaged one, a directory) or cannot be created; it is left as it was.
+        """
         self.path = Path(path) if path is not None else default_journal_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Switching a new database to WAL does not wait for a busy one: two
-        # processes creating the journal at once could get "database is
-        # locked". One at a time, under a lock file; WAL then stays set in
-        # the file for every later connection.
-        lock = self.path.with_name(self.path.name + ".init-lock")
-        with exclusive(lock), self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        # Once per Journal: a file that is not a journal is refused untouched.
+        prepare(self.path, _SCHEMA)
 
     @property
     def directory(self) -> Path:
