@@ -63,9 +63,10 @@ from vmdk_snap.volume_state import (
 )
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.vsphere.volumeops.lookups import names_of
+from vmdk_snap.workflows import leftovers
 from vmdk_snap.workflows.consolidation import unseen_datastore_remedy
 from vmdk_snap.workflows.engine import Engine, Plan, RecoveryResult, plan_of
-from vmdk_snap.workflows.journal import Journal
+from vmdk_snap.workflows.journal import Journal, WorkflowRecord
 from vmdk_snap.workflows.locks import (
     DEFAULT_INSTANCE_WAIT,
     InstanceLock,
@@ -390,45 +391,82 @@ class Driver:
             log.info("volume %s: nothing to consolidate", volume.id)
             return False
 
-    def recover(self) -> list[RecoveryResult]:
-        """Finish or roll back every interrupted workflow in the journal.
+    def recover(self, *, adopt: bool = False) -> list[RecoveryResult]:
+        """Finish or roll back every interrupted workflow, then settle leftovers.
 
         A workflow whose volume is locked by a live process is left alone
         (``busy``); one that cannot be recovered now stays in the journal
         (``failed``) for the next try. A workflow on an instance (a forced
         snapshot, a consolidation, an attached volume's deletion) also waits
         for the instance's lock, as it did when it ran (the journal names it).
+
+        Then temporary instance snapshots that no running workflow owns are
+        looked for across the inventory (one read) and settled, or reported
+        (``left``, with what to run); ``adopt`` also settles those no journal
+        here knows (see :mod:`vmdk_snap.workflows.leftovers`).
         """
-        results = []
-        for record in self.journal.unfinished():
-            lock = VolumeLock(self.lock_dir, record.volume)
-            instance_lock: InstanceLock | None = None
-            try:
-                lock.acquire()
-                instance_lock = self._lock_instance_of(record.params)
-            except VmdkSnapError as exc:
-                lock.release()
-                outcome = "busy" if isinstance(exc, Busy) else "failed"
-                results.append(
-                    RecoveryResult(record.id, record.kind, record.volume, outcome, str(exc))
-                )
-                continue
-            try:
-                steps = build_steps(record.kind, record.params)
-                ctx = OpsContext(params=dict(record.params), ops=self.ops)
-                outcome = self._engine.resume(record, steps, ctx)
-                results.append(RecoveryResult(record.id, record.kind, record.volume, outcome))
-                log.info("recovered %s of volume %s: %s", record.kind, record.volume, outcome)
-            except VmdkSnapError as exc:
-                log.warning("could not recover workflow %s: %s", record.id, exc)
-                results.append(
-                    RecoveryResult(record.id, record.kind, record.volume, "failed", str(exc))
-                )
-            finally:
-                if instance_lock is not None:
-                    instance_lock.release()
-                lock.release()
-        return results
+        results = [self._recover_record(record) for record in self.journal.unfinished()]
+        try:
+            vms = self.ops.vms_with_snapshots()
+        except VmdkSnapError as exc:
+            detail = f"could not look for leftover temporary snapshots: {exc}"
+            return [*results, RecoveryResult("", leftovers.KIND, "", "failed", detail)]
+        found = leftovers.find_leftovers(vms, self.journal.workflows())
+        return results + [self._settle_leftover(left, adopt) for left in found]
+
+    def _recover_record(self, record: WorkflowRecord) -> RecoveryResult:
+        def result(outcome: str, detail: str = "") -> RecoveryResult:
+            return RecoveryResult(record.id, record.kind, record.volume, outcome, detail)
+
+        lock = VolumeLock(self.lock_dir, record.volume)
+        instance_lock: InstanceLock | None = None
+        try:
+            lock.acquire()
+            instance_lock = self._lock_instance_of(record.params)
+        except VmdkSnapError as exc:
+            lock.release()
+            return result("busy" if isinstance(exc, Busy) else "failed", str(exc))
+        try:
+            steps = build_steps(record.kind, record.params)
+            ctx = OpsContext(params=dict(record.params), ops=self.ops)
+            outcome = self._engine.resume(record, steps, ctx)
+            log.info("recovered %s of volume %s: %s", record.kind, record.volume, outcome)
+            return result(outcome)
+        except VmdkSnapError as exc:
+            log.warning("could not recover workflow %s: %s", record.id, exc)
+            return result("failed", str(exc))
+        finally:
+            if instance_lock is not None:
+                instance_lock.release()
+            lock.release()
+
+    def _settle_leftover(self, left: leftovers.Leftover, adopt: bool) -> RecoveryResult:
+        """Settle one leftover temporary snapshot under its volume's and instance's locks."""
+        owner = left.record.id if left.record is not None else ""
+
+        def result(outcome: str, detail: str) -> RecoveryResult:
+            return RecoveryResult(owner, leftovers.KIND, left.volume_id or "", outcome, detail)
+
+        if left.volume_id is None:
+            return result("left", leftovers.not_settled(left, None))
+        volume = Volume(left.volume_id, IN_USE, left.instance.instance_uuid)
+        try:
+            with self._locked(volume):
+                state = self._state(volume)
+                with self._instance_locked(volume, state) as state:
+                    verdict = leftovers.judge(left, state)
+                    if verdict.kind is None or (left.record is None and not adopt):
+                        return result("left", leftovers.not_settled(left, verdict))
+                    params = leftovers.leftover_params(left, state)
+                    spec = WorkflowSpec(verdict.kind, params)
+                    self._run(left.volume_id, spec, None, state.instance)
+        except Busy as exc:
+            return result("busy", f"{left.where}: its workflow is running ({exc})")
+        except VmdkSnapError as exc:
+            return result("failed", f"{left.where}: {exc}")
+        outcome = "finished" if verdict.kind == leftovers.RELEASE else "rolled_back"
+        log.info("settled %s: %s", left.where, verdict.found)
+        return result(outcome, f"{left.where}: {verdict.found}")
 
     def _lock_instance_of(self, params: Mapping[str, Any]) -> InstanceLock | None:
         """The held lock of the instance a journaled workflow works on, if any."""

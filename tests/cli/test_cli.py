@@ -9,6 +9,7 @@ import pytest
 from tests.cli.support import Cli, tasks_started
 from tests.conftest import Target
 from vmdk_snap.cli.main import build_parser
+from vmdk_snap.cli.views import NOTHING_TO_RECOVER
 
 
 @pytest.fixture
@@ -226,7 +227,10 @@ def test_consolidate_dry_run_then_consolidate(cli: Cli) -> None:
 @pytest.mark.cassette
 def test_recover_with_nothing_interrupted(cli: Cli) -> None:
     text = cli("recover")
-    assert (text.code, text.out) == (0, "no interrupted workflows: nothing to recover\n")
+    assert (text.code, text.out) == (
+        0,
+        f"{NOTHING_TO_RECOVER}\n",
+    )
     doc = cli("recover", "--json").json()
     assert doc == {"schema": 1, "command": "recover", "workflows": []}
 

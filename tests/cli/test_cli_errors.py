@@ -9,6 +9,7 @@ import pytest
 
 from tests.cli.support import Cli, tasks_started
 from tests.conftest import Target
+from vmdk_snap.cli.views import NOTHING_TO_RECOVER
 from vmdk_snap.workflows.locks import VolumeLock
 
 
@@ -228,7 +229,7 @@ def test_failure_past_the_point_of_no_return_is_exit_9_and_recover_finishes_it(c
     after = cli("list", vol["id"], "--json").json()
     assert [s["name"] for s in after["snapshots"]] == ["s9"]
     assert after["duplicated"] is False
-    assert cli("recover").out == "no interrupted workflows: nothing to recover\n"
+    assert cli("recover").out == f"{NOTHING_TO_RECOVER}\n"
 
 
 @pytest.mark.cassette

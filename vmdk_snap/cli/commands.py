@@ -7,7 +7,7 @@ import textwrap
 from typing import Any, Protocol
 
 from vmdk_snap.cli import views
-from vmdk_snap.cli.base import EXIT_OK, EXIT_PARTIAL, Context, parse_volume
+from vmdk_snap.cli.base import EXIT_OK, EXIT_PARTIAL, EXIT_RECOVER, Context, parse_volume
 from vmdk_snap.driver import validate_snapshot_name
 from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.vsphere.volumeops.inventory import read_inventory
@@ -259,18 +259,29 @@ def _recover(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         sub,
         common,
         "recover",
-        "Finish or roll back every workflow a crash interrupted (from the journal).",
+        "Finish or roll back every workflow a crash interrupted (from the journal), then "
+        "settle temporary instance snapshots no running workflow owns. Exit 9 when one "
+        "could not be settled (the table says what to run), else 0.",
         """
         vmdk-snap recover
         vmdk-snap recover --journal /var/lib/vmdk-snap/journal.sqlite --json
+        vmdk-snap recover --adopt
         """,
+    )
+    p.add_argument(
+        "--adopt",
+        action="store_true",
+        help="also settle temporary snapshots no journal here knows (only when no other "
+        "host or journal runs vmdk-snap workflows on those instances)",
     )
     p.set_defaults(run=run_recover)
 
 
 def run_recover(ctx: Context) -> int:
     with ctx.driver() as driver:
-        results = driver.recover()
+        results = driver.recover(adopt=ctx.args.adopt)
     ctx.out.text(views.recover_text(results))
     ctx.out.document("recover", {"workflows": [views.recovery_doc(r) for r in results]})
-    return EXIT_OK
+    # busy: a live process runs it; nothing was interrupted there.
+    unsettled = [r for r in results if r.outcome in ("failed", "left")]
+    return EXIT_RECOVER if unsettled else EXIT_OK

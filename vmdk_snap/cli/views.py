@@ -377,8 +377,14 @@ def recovery_doc(result: RecoveryResult) -> dict[str, Any]:
     }
 
 
+NOTHING_TO_RECOVER = "nothing to recover: no interrupted workflow, no leftover temporary snapshot"
+
+
 def recover_text(results: Sequence[RecoveryResult]) -> str:
     if not results:
-        return "no interrupted workflows: nothing to recover"
-    rows = [[r.workflow_id, r.kind, f"volume-{r.volume_id}", r.outcome, r.detail] for r in results]
+        return NOTHING_TO_RECOVER
+    rows = []
+    for r in results:
+        volume = f"volume-{r.volume_id}" if r.volume_id else "-"
+        rows.append([r.workflow_id or "-", r.kind, volume, r.outcome, r.detail])
     return render_table(["workflow", "kind", "volume", "outcome", "detail"], rows)

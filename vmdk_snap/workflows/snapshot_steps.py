@@ -27,10 +27,13 @@ from vmdk_snap.workflows.stepctx import (
 )
 
 __all__ = [
+    "discard_temporary",
     "follow_other_volumes",
     "hand_over_top",
+    "release_temporary",
     "remove_backing_snapshot",
     "remove_instance_snapshot",
+    "remove_temporary",
     "revert_backing",
     "snapshot_backing",
     "snapshot_instance",
@@ -62,36 +65,7 @@ def snapshot_instance() -> Step[OpsContext]:
         return {"snapshot": ref_json(snap)}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
-        # Merge back only when no snapshot or other chain holds the files the
-        # merge writes into or deletes (vmdk_snap.workflows.merge_guard): then the
-        # instance's disks are on exactly their old files again.
-        snap = ref_of(changes["snapshot"])
-        instance = ctx.read("instance")
-        backings, missing = sharing_vms(
-            ctx.ops, instance, ctx.params["volume_id"], ctx.vm("backing")
-        )
-        disks = ctx.ops.snapshots_disks(snapshots_to_read(instance, backings))
-        why = merge_refusal(instance, snap, backings, disks)
-        if why is None and missing:
-            why = f"no backing found for {missing[0]}: who else uses its file is unknown"
-        if why is None:
-            try:
-                ctx.run(ctx.ops.start_remove_snapshot(snap, False, True))
-                return
-            except TaskFailed as exc:
-                if isinstance(exc, TaskTimeout):
-                    raise
-                why = f"the merge failed: {exc}"
-                if ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None:
-                    log.warning("temporary snapshot removed, its deltas not merged: %s", why)
-                    return
-        log.warning(
-            "removing the temporary snapshot of %s without merging (its disks keep one "
-            "delta, data unchanged): %s",
-            ctx.params["instance_name"],
-            why,
-        )
-        ctx.run(ctx.ops.start_remove_snapshot(snap, False, False))
+        remove_temporary(ctx, ref_of(changes["snapshot"]))
 
     def check(ctx: OpsContext) -> Changes | None:
         node = ctx.read("instance").snapshot_named(ctx.params["temp_name"])
@@ -108,6 +82,37 @@ def snapshot_instance() -> Step[OpsContext]:
             "chain holds those files (else consolidate=False: one delta kept, data unchanged)"
         ),
     )
+
+
+def remove_temporary(ctx: OpsContext, snap: Moref) -> None:
+    """Remove the instance's temporary snapshot, merging back only when that is harmless."""
+    # Merge back only when no snapshot or other chain holds the files the
+    # merge writes into or deletes (vmdk_snap.workflows.merge_guard): then the
+    # instance's disks are on exactly their old files again.
+    instance = ctx.read("instance")
+    backings, missing = sharing_vms(ctx.ops, instance, ctx.params["volume_id"], ctx.vm("backing"))
+    disks = ctx.ops.snapshots_disks(snapshots_to_read(instance, backings))
+    why = merge_refusal(instance, snap, backings, disks)
+    if why is None and missing:
+        why = f"no backing found for {missing[0]}: who else uses its file is unknown"
+    if why is None:
+        try:
+            ctx.run(ctx.ops.start_remove_snapshot(snap, False, True))
+            return
+        except TaskFailed as exc:
+            if isinstance(exc, TaskTimeout):
+                raise
+            why = f"the merge failed: {exc}"
+            if ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None:
+                log.warning("temporary snapshot removed, its deltas not merged: %s", why)
+                return
+    log.warning(
+        "removing the temporary snapshot of %s without merging (its disks keep one "
+        "delta, data unchanged): %s",
+        ctx.params["instance_name"],
+        why,
+    )
+    ctx.run(ctx.ops.start_remove_snapshot(snap, False, False))
 
 
 def snapshot_backing(*, attached: bool) -> Step[OpsContext]:
@@ -390,3 +395,45 @@ def revert_backing() -> Step[OpsContext]:
             "backing's disk to tell whether it happened"
         ),
     )
+
+
+# -- temporary snapshots no workflow owns (vmdk_snap.workflows.leftovers) ---------
+
+
+def _leftover_gone(ctx: OpsContext) -> Changes | None:
+    gone = ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None
+    return {"removed": ctx.params["temp_snapshot"]} if gone else None
+
+
+def release_temporary() -> Step[OpsContext]:
+    """A leftover whose volume snapshot is complete: the forced snapshot's last removal."""
+
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"remove the leftover temporary snapshot {ctx.params['temp_name']} of instance "
+            f"{ctx.params['instance_name']} with consolidate=False: volume snapshot "
+            f"{ctx.params['name']} is complete and holds its files"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        ctx.run(ctx.ops.start_remove_snapshot(ref_of(ctx.params["temp_snapshot"]), False, False))
+        return {"removed": ctx.params["temp_snapshot"]}
+
+    return Step("release_temporary", describe, do, None, _leftover_gone, forward_only=True)
+
+
+def discard_temporary() -> Step[OpsContext]:
+    """A leftover no volume snapshot was made from: the forced snapshot's rollback."""
+
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"remove the leftover temporary snapshot {ctx.params['temp_name']} of instance "
+            f"{ctx.params['instance_name']}, merging its deltas back when no snapshot or other "
+            "chain holds those files: no volume snapshot was made from it"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        remove_temporary(ctx, ref_of(ctx.params["temp_snapshot"]))
+        return {"removed": ctx.params["temp_snapshot"]}
+
+    return Step("discard_temporary", describe, do, None, _leftover_gone, forward_only=True)

@@ -111,8 +111,10 @@ from vmdk_snap.workflows.consolidation import (
 )
 from vmdk_snap.workflows.engine import Step
 from vmdk_snap.workflows.snapshot_steps import (
+    discard_temporary,
     follow_other_volumes,
     hand_over_top,
+    release_temporary,
     remove_backing_snapshot,
     remove_instance_snapshot,
     revert_backing,
@@ -125,6 +127,7 @@ __all__ = [
     "ALLOW_SHARING",
     "CHILD_MOST",
     "MAX_NAME_LENGTH",
+    "TEMP_PREFIX",
     "OpsContext",
     "build_steps",
     "temp_snapshot_name",
@@ -190,6 +193,9 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Step[OpsContext]]]] = {
         *([delete_stale_copy()] if p.get("stale") else []),
     ],
     "delete": lambda p: [remove_backing_snapshot()],
+    # Leftover temporary snapshots (vmdk_snap.workflows.leftovers).
+    "release_temporary": lambda p: [release_temporary()],
+    "discard_temporary": lambda p: [discard_temporary()],
     "revert": lambda p: [revert_backing()],
 }
 

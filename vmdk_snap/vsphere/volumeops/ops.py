@@ -115,6 +115,18 @@ class VolumeOps:
             if any(wanted.intersection(d.chain) for d in disks_of(vm.props.get(devices)))
         )
 
+    def vms_with_snapshots(self) -> list[VmInfo]:
+        """Every VM that has snapshots, in one read across the inventory.
+
+        Only ``name``, ``config.instanceUuid`` and ``snapshot`` are read (the
+        rest of each :class:`VmInfo` is empty): for ``recover``'s search for
+        leftover temporary snapshots, not for every operation.
+        """
+        paths = ["name", "config.instanceUuid", "snapshot"]
+        vms = retrieve(self.session, [vms_under_root(self.session)], {vim.VirtualMachine: paths})
+        infos = [vm_info(vm.ref, vm.props) for vm in vms]
+        return sorted((i for i in infos if i.snapshots), key=lambda i: i.ref.value)
+
     def find_attached_instance(self, volume_id: str, backing: Moref | None = None) -> Moref | None:
         """The VM that has the volume attached, in one read across the inventory.
 
