@@ -156,7 +156,21 @@ class Driver:
             state,
             backing_host=names.get(state.backing.host, ""),
             instance_host=names.get(inst.host) if inst is not None else None,
+            leftovers=self._leftovers_on(inst) if inst is not None else (),
         )
+
+    def _leftovers_on(self, instance: VmInfo) -> tuple[str, ...]:
+        """Temporary snapshots on ``instance`` whose volume no process here is working on."""
+        found = []
+        for left in leftovers.find_leftovers([instance], ()):
+            if left.volume_id is not None:
+                try:
+                    with VolumeLock(self.lock_dir, left.volume_id):
+                        pass
+                except Busy:
+                    continue  # its workflow is running
+            found.append(left.node.name)
+        return tuple(found)
 
     def _state(self, volume: Volume, *, verify: bool = False) -> VolumeState:
         return read_state(self.ops, volume, verify=verify)

@@ -71,6 +71,9 @@ class VolumeState:
     instance_datastore: str | None = None
     stale_files: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # vmdk-snap's temporary snapshots on the instance that no workflow running
+    # on this host owns (filled in by ``Driver.describe``): recover's to settle.
+    leftovers: tuple[str, ...] = ()
 
     @property
     def snapshots(self) -> tuple[SnapshotNode, ...]:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.cli.support import Cli, tasks_started
 from tests.conftest import Target
 from vmdk_snap.cli.views import NOTHING_TO_RECOVER
+from vmdk_snap.types import Moref
 from vmdk_snap.workflows.locks import VolumeLock
+from vmdk_snap.workflows.table import temp_snapshot_name
 
 
 @pytest.fixture
@@ -260,3 +263,48 @@ def test_quiesce_needs_tools_in_the_guest(cli: Cli) -> None:
     ok = cli("snapshot", vol["id"], "--name", "q1", "--force", "--quiesce", "--json")
     assert ok.code == 0, ok.err
     assert ok.json()["snapshot"]["name"] == "q1"
+
+
+@pytest.mark.live
+def test_recover_exits_9_on_a_leftover_it_did_not_settle_and_0_once_adopted(
+    cli: Cli, ops: Any
+) -> None:
+    """A temporary snapshot no journal knows: reported with what to run, then adopted."""
+    seeded = cli.target.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    ops.create_snapshot(
+        Moref("VirtualMachine", inst["moref"]),
+        temp_snapshot_name(vol["id"], "nightly"),
+        "vmdk-snap: temporary, for volume snapshot nightly",
+    )
+    left = cli("recover")
+    assert left.code == 9
+    assert "left" in left.out
+    assert "vmdk-snap recover --adopt" in left.out
+    doc = cli("recover", "--json").json()
+    (row,) = doc["workflows"]
+    assert (row["kind"], row["volume"], row["outcome"]) == ("temporary_snapshot", vol["id"], "left")
+    adopted = cli("recover", "--adopt", "--json")
+    assert adopted.code == 0
+    assert [r["outcome"] for r in adopted.json()["workflows"]] == ["rolled_back"]
+    assert ops.get_vm(Moref("VirtualMachine", inst["moref"])).snapshots == ()
+    assert cli("recover").code == 0
+
+
+@pytest.mark.live
+def test_check_shows_a_leftover_temporary_snapshot_unless_its_workflow_runs(
+    cli: Cli, ops: Any, lock_dir: Path
+) -> None:
+    seeded = cli.target.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    name = temp_snapshot_name(vol["id"], "nightly")
+    snap = ops.create_snapshot(Moref("VirtualMachine", inst["moref"]), name)
+    doc = cli("check", vol["id"], "--json").json()
+    (shown,) = doc["volumes"]
+    assert shown["temporary_snapshots_left"] == [name]
+    assert "run 'vmdk-snap recover'" in shown["advice"]
+    assert f"temporary snapshot {name}" in cli("check", vol["id"]).out
+    with VolumeLock(lock_dir, vol["id"]):  # a workflow on the volume runs on this host
+        (running,) = cli("check", vol["id"], "--json").json()["volumes"]
+    assert running["temporary_snapshots_left"] == []
+    ops.remove_snapshot(snap, consolidate=True)

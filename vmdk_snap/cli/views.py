@@ -188,6 +188,7 @@ def volume_doc(state: VolumeState) -> dict[str, Any]:
         ),
         "snapshots": [snapshot_doc(s) for s in state.snapshots],
         "stale_files": list(state.stale_files),
+        "temporary_snapshots_left": list(state.leftovers),
         "notes": list(state.notes),
         "advice": advice(state),
     }
@@ -225,7 +226,11 @@ def _depth_advice(state: VolumeState) -> str | None:
 
 def advice_items(state: VolumeState) -> list[str]:
     """What the operator should do about this volume, most urgent first."""
-    items = []
+    items = [
+        f"temporary snapshot {name} was left on the instance by an interrupted vmdk-snap "
+        "workflow: run 'vmdk-snap recover'"
+        for name in state.leftovers
+    ]
     if state.duplicated:
         items.append(f"duplicated chain: run 'vmdk-snap consolidate {state.volume_id}'")
     depth = _depth_advice(state)
