@@ -58,6 +58,7 @@ from vmdk_snap.volume_state import (
     IN_USE,
     Volume,
     check_status,
+    incomplete_snapshot,
     read_state,
     refuse_stale_available,
 )
@@ -309,6 +310,14 @@ class Driver:
     ) -> SnapshotResult:
         existing = state.backing.snapshot_named(name)
         if existing is not None:
+            why = incomplete_snapshot(self.ops, self.journal.workflows(volume.id), state, existing)
+            if why is not None:
+                raise InvalidState(
+                    f"volume {volume.id} already has a snapshot {name}, but it is not a "
+                    f"finished one: {why}; nothing was changed",
+                    hint=f"run `vmdk-snap recover`; if it settles nothing, delete that snapshot "
+                    f"(`vmdk-snap delete {volume.id} {name}`) and take it again",
+                )
             log.info("volume %s already has snapshot %s: returning it", volume.id, name)
             return SnapshotResult(existing, created=False)
         strategy = self._strategy_for_snapshot(state, force)

@@ -8,18 +8,23 @@ Cinder's status rules before anything changes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmdk_snap.errors import InvalidInput, InvalidState
 from vmdk_snap.strategies import VolumeState, stale_files, volume_disk_of
-from vmdk_snap.types import datastore_of
+from vmdk_snap.types import SnapshotNode, datastore_of
 from vmdk_snap.vsphere.volumeops import VolumeOps
+from vmdk_snap.workflows import journal as jn
+from vmdk_snap.workflows.journal import WorkflowRecord
+from vmdk_snap.workflows.table import temp_snapshot_name
 
 __all__ = [
     "AVAILABLE",
     "IN_USE",
     "Volume",
     "check_status",
+    "incomplete_snapshot",
     "read_state",
     "refuse_stale_available",
 ]
@@ -129,3 +134,44 @@ def check_status(state: VolumeState) -> None:
             f"volume {state.volume_id} is in-use but no instance in vCenter has it attached",
             hint="pass the instance UUID, or check the attachment in Nova",
         )
+
+
+def incomplete_snapshot(
+    ops: VolumeOps, records: Sequence[WorkflowRecord], state: VolumeState, node: SnapshotNode
+) -> str | None:
+    """Why the volume's existing snapshot ``node`` is not a finished one, or None.
+
+    An idempotent retry returns a snapshot of the requested name only if it
+    is complete: the journal's latest workflow that made a snapshot of that
+    name on this volume finished (``done``) with this very snapshot, or,
+    without such a record (another journal, an older release, made by hand),
+    what vCenter shows is what a finished snapshot leaves: no temporary
+    snapshot of it still on the instance, and the file it froze is not the
+    one the volume is written into now (else its content would change).
+    """
+    made = [
+        r
+        for r in records
+        if r.kind in ("snapshot", "snapshot_attached") and r.params.get("name") == node.name
+    ]
+    if made:
+        latest = made[-1]
+        if latest.state in (jn.RUNNING, jn.ROLLBACK_FAILED):
+            return f"the workflow that makes it ({latest.id}) was interrupted"
+        step = latest.step("snapshot_backing")
+        changes = step.changes if step is not None and step.changes else {}
+        if latest.state == jn.DONE and list(changes.get("snapshot") or []) == [
+            node.ref.type,
+            node.ref.value,
+        ]:
+            return None
+    inst = state.instance
+    if inst is not None:
+        temp = temp_snapshot_name(state.volume_id, node.name)
+        if inst.snapshot_named(temp) is not None:
+            return f"the temporary snapshot {temp} it was made through is still on {inst.name}"
+    top = (state.volume_disk or state.backing_disk).path
+    frozen = {d.path for d in ops.snapshot_disks(node.ref)}
+    if top in frozen:
+        return f"it holds {top}, the file the volume is written into now: its content would change"
+    return None
