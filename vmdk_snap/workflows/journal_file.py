@@ -57,15 +57,24 @@ def prepare(path: Path, schema: str) -> None:
     Raises:
         JournalError: the file is something else, is damaged, or cannot be created.
     """
-    if inspect(path, schema) is Found.JOURNAL:
-        return
+    init_lock = path.with_name(path.name + ".init-lock")
+    try:
+        if inspect(path, schema) is Found.JOURNAL:
+            return
+    except JournalError:
+        # A vmdk-snap process may be creating it right now (its first pages
+        # written, not yet its tables; it took the lock first): judged again
+        # below, once that process is done. With no lock file beside it, no
+        # vmdk-snap process ever created it: the answer stands.
+        if not init_lock.exists():
+            raise
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Switching a new database to WAL does not wait for a busy one: two
         # processes creating the journal at once could get "database is
         # locked". One at a time, under a lock file; WAL then stays set in
         # the file for every later connection.
-        with exclusive(path.with_name(path.name + ".init-lock")):
+        with exclusive(init_lock):
             if inspect(path, schema) is Found.JOURNAL:  # another process made it meanwhile
                 return
             db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
