@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 
 import pytest
 
@@ -17,6 +18,19 @@ from vmdk_snap.vsphere.volumeops import VolumeOps
 
 def vm(value: str) -> Moref:
     return Moref("VirtualMachine", value)
+
+
+def _assert_task_op(vc: Target, calls: Mapping[str, int], start: str) -> None:
+    """One task operation: its start, ModifyListView and one WaitForUpdatesEx.
+
+    Exact in the replay tier (the cassette holds the recorded calls). Live, a
+    simulator starved of CPU by the parallel test run may not have ended even
+    a 0 ms task by its first report (every 250 ms): the task is then still
+    running when it enters the view, which costs the one more wait the
+    watcher's docstring counts, and nothing else.
+    """
+    waits = 2 if vc.tier == "live" and calls.get("WaitForUpdatesEx") == 2 else 1
+    assert calls == {start: 1, "ModifyListView": 1, "WaitForUpdatesEx": waits}
 
 
 @pytest.mark.cassette
@@ -33,16 +47,16 @@ def test_a_task_op_costs_three_round_trips_from_login(
     vc.ctl.set_default_task_time(0)
     session.reset_calls()
     first = ops.create_snapshot(backing, "cold")
-    assert session.calls == {"CreateSnapshot_Task": 1, "ModifyListView": 1, "WaitForUpdatesEx": 1}
+    _assert_task_op(vc, session.calls, "CreateSnapshot_Task")
 
     session.reset_calls()
     second = ops.create_snapshot(backing, "counted")
-    assert session.calls == {"CreateSnapshot_Task": 1, "ModifyListView": 1, "WaitForUpdatesEx": 1}
+    _assert_task_op(vc, session.calls, "CreateSnapshot_Task")
 
     # The next change drops the finished task from the view in the same call.
     session.reset_calls()
     ops.set_extra_config(backing, {"vmdk-snap-test": "x"})
-    assert session.calls == {"ReconfigVM_Task": 1, "ModifyListView": 1, "WaitForUpdatesEx": 1}
+    _assert_task_op(vc, session.calls, "ReconfigVM_Task")
 
     tree = ops.get_vm(backing)
     names = [n.name for n in tree.all_snapshots()]
