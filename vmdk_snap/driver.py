@@ -65,8 +65,9 @@ from vmdk_snap.volume_state import (
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows import leftovers
+from vmdk_snap.workflows.compaction import CompactionPlan, plan_compaction
 from vmdk_snap.workflows.consolidation import unseen_datastore_remedy
-from vmdk_snap.workflows.engine import Engine, Plan, RecoveryResult, plan_of
+from vmdk_snap.workflows.engine import Engine, Incomplete, Plan, RecoveryResult, plan_of
 from vmdk_snap.workflows.journal import Journal, WorkflowRecord
 from vmdk_snap.workflows.locks import (
     DEFAULT_INSTANCE_WAIT,
@@ -74,7 +75,7 @@ from vmdk_snap.workflows.locks import (
     VolumeLock,
     default_lock_dir,
 )
-from vmdk_snap.workflows.stepctx import ref_of
+from vmdk_snap.workflows.stepctx import ref_json, ref_of
 from vmdk_snap.workflows.table import OpsContext, build_steps, validate_snapshot_name
 
 __all__ = [
@@ -119,6 +120,9 @@ class Driver:
         strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
         instance_wait: how long (seconds) a workflow that changes an instance
             waits for another one on the same instance before ``Busy``.
+        compact: after deleting an attached volume's snapshot, merge the
+            instance's redundant deltas when no snapshot holds them any more
+            (:meth:`compact`); False leaves that to an explicit ``compact``.
     """
 
     def __init__(
@@ -130,8 +134,10 @@ class Driver:
         journal: Journal | None = None,
         strategies: Mapping[str, SnapshotStrategy] | None = None,
         instance_wait: float = DEFAULT_INSTANCE_WAIT,
+        compact: bool = True,
     ) -> None:
         self.instance_wait = instance_wait
+        self.auto_compact = compact
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
         self.journal = journal if journal is not None else Journal(journal_path)
         self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
@@ -376,7 +382,75 @@ class Driver:
         for note in spec.notes:
             log.info("%s", note)
         self._run(volume.id, spec, None, state.instance)
+        if state.instance is not None and self.auto_compact:
+            # The last snapshot holding the instance's files may be gone now.
+            self._compact_after(volume, f"deleting snapshot {name}")
         return True
+
+    # -- compaction (vmdk_snap.workflows.compaction) ------------------------------
+
+    def compact(self, volume: Volume) -> bool:
+        """Merge the instance's redundant deltas, when no snapshot holds their files.
+
+        Gives the volume's instance back the chains it had before its forced
+        snapshots. False (nothing changed, the reason logged) when there is
+        nothing to merge or it would not be safe now.
+        """
+        with self._locked(volume):
+            state = self._state(volume, verify=True)
+            if state.instance is None:
+                log.info("volume %s is not attached: nothing to compact", volume.id)
+                return False
+            with self._instance_locked(volume, state) as state:
+                return self._compact(volume, state)
+
+    def plan_compact(self, volume: Volume) -> Plan:
+        """What :meth:`compact` would do, step by step; changes nothing."""
+        state = self._state(volume, verify=True)
+        plan = self._compaction(state)
+        if plan is None or plan.refusal is not None:
+            why = plan.refusal if plan is not None else f"volume {volume.id} is not attached"
+            return Plan("compact", volume.id, (), (f"nothing to compact: {why}",))
+        return self._plan(volume.id, WorkflowSpec("compact", self._compact_params(state, plan)))
+
+    def _compact_after(self, volume: Volume, what: str) -> None:
+        """Compact after a workflow that may have released the instance's files."""
+        try:
+            self._compact(volume, self._state(volume))
+        except Incomplete:
+            raise
+        except VmdkSnapError as exc:
+            log.warning("%s: done; compacting the instance failed, nothing changed: %s", what, exc)
+
+    def _compact(self, volume: Volume, state: VolumeState) -> bool:
+        plan = self._compaction(state)
+        if plan is None or plan.refusal is not None:
+            log.info("volume %s: not compacting: %s", volume.id, plan and plan.refusal)
+            return False
+        spec = WorkflowSpec("compact", self._compact_params(state, plan))
+        self._run(volume.id, spec, None, state.instance)
+        log.info("volume %s: instance compacted, %d deltas merged", volume.id, plan.deltas)
+        return True
+
+    def _compaction(self, state: VolumeState) -> CompactionPlan | None:
+        inst = state.instance
+        if inst is None:
+            return None
+        if inst.snapshots or not inst.consolidation_needed:
+            # What plan_compaction refuses first, known without a read.
+            return plan_compaction(self.ops, inst, [])
+        found = self.ops.find_volume_backings(inst, skip=state.volume_id).values()
+        return plan_compaction(self.ops, inst, [state.backing.ref, *(r for r in found if r)])
+
+    @staticmethod
+    def _compact_params(state: VolumeState, plan: CompactionPlan) -> dict[str, Any]:
+        return {
+            "volume_id": state.volume_id,
+            "name": "",
+            "backing": ref_json(state.backing.ref),
+            "backing_name": state.backing.name,
+            **plan.params(),
+        }
 
     def revert_to_snapshot(self, volume: Volume, name: str) -> None:
         """Revert the volume to snapshot ``name``; only when it is available."""

@@ -241,6 +241,32 @@ def _consolidate(vc: Target, ops: Any, driver: Driver) -> Case:
     return Case(seeded, lambda d: d.consolidate(volume), [inst["moref"], vol["moref"]], done)
 
 
+def _compact(vc: Target, ops: Any, driver: Driver) -> Case:
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    start = [len(d.chain) for d in ops.get_vm(vm(inst["moref"])).disks]
+    setup = Driver(ops, journal_path=driver.journal.path.with_name("setup.sqlite"), compact=False)
+    setup.create_snapshot(volume, "snap-c", force=True)
+    setup.delete_snapshot(volume, "snap-c")
+    key = volume_disk_key(ops, vol, inst["moref"])
+    vc.ctl.write(inst["moref"], key, "after")
+    tokens = _tokens(vc, inst["moref"], key)
+
+    def done() -> None:
+        instance = ops.get_vm(vm(inst["moref"]))
+        assert [len(d.chain) for d in instance.disks] == start
+        assert not instance.consolidation_needed
+        for v in seeded["volumes"]:
+            (bdisk,) = ops.get_vm(vm(v["moref"])).disks
+            assert bdisk.path in {d.path for d in instance.disks}
+        assert _tokens(vc, inst["moref"], key) == tokens
+        assert_files_consistent(vc, seeded)
+
+    morefs = [inst["moref"], *(v["moref"] for v in seeded["volumes"])]
+    return Case(seeded, lambda d: d.compact(volume), morefs, done)
+
+
 WORKFLOWS: dict[str, Prepare] = {
     "forced-snapshot": _forced_snapshot("attached-volume"),
     "forced-snapshot-moved": _forced_snapshot("attached-volume-moved"),
@@ -249,6 +275,7 @@ WORKFLOWS: dict[str, Prepare] = {
     "delete-available": _delete_available,
     "revert": _revert,
     "consolidate": _consolidate,
+    "compact": _compact,
 }
 
 
@@ -317,7 +344,7 @@ def _one(  # noqa: PLR0917
 
 # Workflows with many calls run in several parts (every PARTS-th call
 # index each), so that the test's xdist workers share them out.
-PARTS = {"forced-snapshot": 2, "forced-snapshot-moved": 3, "consolidate": 2}
+PARTS = {"forced-snapshot": 2, "forced-snapshot-moved": 3, "consolidate": 2, "compact": 2}
 
 
 def _cases() -> list[tuple[str, str, int]]:

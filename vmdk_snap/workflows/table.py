@@ -103,6 +103,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmdk_snap.errors import InvalidInput
+from vmdk_snap.workflows.compaction import compaction_steps
 from vmdk_snap.workflows.consolidation import (
     ALLOW_SHARING,
     CHILD_MOST,
@@ -188,6 +189,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Step[OpsContext]]]] = {
         *([follow_other_volumes()] if p.get("others") else []),
         *([delete_stale_copy()] if p.get("stale") else []),
     ],
+    "compact": compaction_steps,
     "consolidate": lambda p: [
         *consolidation_steps(p),
         *([delete_stale_copy()] if p.get("stale") else []),
