@@ -31,7 +31,7 @@ from tests.workflow_checks import (
     volume_disk_key,
     world,
 )
-from vmdk_snap.driver import Volume
+from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.vsphere.session import Session
 from vmdk_snap.vsphere.volumeops import VolumeOps
@@ -156,6 +156,8 @@ with Session(url, user, os.environ["VMDK_SNAP_TEST_PASSWORD"], ca_file=ca) as s:
         driver.consolidate(Volume(vol, "in-use", inst))
     elif op == "delete":
         driver.delete_snapshot(Volume(vol, "available"), "snapshot-1")
+    elif op == "compact":
+        driver.compact(Volume(vol, "in-use", inst))
     else:
         driver.revert_to_snapshot(Volume(vol, "available"), "snapshot-1")
 """
@@ -762,4 +764,60 @@ def test_rollback_sees_a_volume_attached_without_novas_key(
     assert "a snapshot or a deeper chain holds " + vol_b["vmdk"] in caplog.text
     vc.ctl.write(inst["moref"], key_b, "after-rollback")
     assert vc.ctl.read_snapshot(by_hand.value, bkey) == frozen
+    assert_files_consistent(vc, seeded)
+
+
+COMPACTION_STEPS = {
+    "repoint_backing_0": "ReconfigVM_Task",
+    "consolidate_instance": "ConsolidateVMDisks_Task",
+}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("before_task_id", [False, True], ids=["task-journaled", "task-unknown"])
+@pytest.mark.parametrize("step", list(COMPACTION_STEPS))
+def test_kill_during_compaction_then_recover(
+    vc: Target, ops: Any, tmp_path: Path, step: str, before_task_id: bool
+) -> None:
+    """Killed at each step of a compaction: recover finishes or undoes it, no data lost."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    setup = Driver(ops, journal_path=tmp_path / "setup.sqlite", compact=False)
+    setup.create_snapshot(volume, "snapshot-1", force=True)
+    setup.delete_snapshot(volume, "snapshot-1")
+    key = volume_disk_key(ops, vol, inst["moref"])
+    vc.ctl.write(inst["moref"], key, "after")
+    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
+    pending = world(vc, ops, inst["moref"], vol["moref"])
+    _killed_at(
+        vc,
+        tmp_path,
+        step,
+        vol["id"],
+        inst["uuid"],
+        before_task_id=before_task_id,
+        op="compact",
+        method=COMPACTION_STEPS[step],
+    )
+    driver = make_driver(ops, tmp_path)
+    (result,) = driver.recover()
+    assert_nothing_running(ops, inst["moref"], vol["moref"])
+    assert driver.journal.unfinished() == []
+    backing, instance = ops.get_vms([vm(vol["moref"]), vm(inst["moref"])])
+    if result.outcome == "finished":
+        assert all(len(d.chain) == 1 for d in instance.disks)
+        assert not instance.consolidation_needed
+        assert backing.disks[0].path == next(d.path for d in instance.disks if d.key == key)
+    else:
+        assert result.outcome == "rolled_back", result
+        after = world(vc, ops, inst["moref"], vol["moref"])
+        assert (after.chains, after.files, after.trees) == (
+            pending.chains,
+            pending.files,
+            pending.trees,
+        )
+    assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == tokens
+    # Either way the backing is on the instance's current file again.
+    assert vc.ctl.read_disk(vol["moref"], backing.disks[0].key)["tokens"] == tokens
     assert_files_consistent(vc, seeded)
