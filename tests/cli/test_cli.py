@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,6 +11,8 @@ from tests.cli.support import Cli, tasks_started
 from tests.conftest import Target
 from vmdk_snap.cli.main import build_parser
 from vmdk_snap.cli.views import NOTHING_TO_RECOVER
+from vmdk_snap.driver import Driver, Volume
+from vmdk_snap.types import Moref
 
 
 @pytest.fixture
@@ -17,7 +20,17 @@ def cli(vc: Target, tmp_path: Path) -> Cli:
     return Cli(vc, tmp_path)
 
 
-COMMANDS = ["snapshot", "delete", "revert", "list", "check", "consolidate", "recover", "batch"]
+COMMANDS = [
+    "snapshot",
+    "delete",
+    "revert",
+    "list",
+    "check",
+    "consolidate",
+    "compact",
+    "recover",
+    "batch",
+]
 
 
 def test_every_subcommand_has_examples_in_its_help() -> None:
@@ -327,3 +340,29 @@ def test_a_whole_forced_snapshot_run_costs_25_round_trips(cli: Cli) -> None:
         "Login": 1,
         "Logout": 1,
     }
+
+
+@pytest.mark.live
+def test_compact_dry_run_then_compact(cli: Cli, vc: Target, ops: Any, tmp_path: Path) -> None:
+    """What the forced snapshots left is merged once no snapshot holds it."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    setup = Driver(ops, journal_path=tmp_path / "setup.sqlite", compact=False)
+    setup.create_snapshot(volume, "nightly", force=True)
+    held = cli("compact", vol["id"], "--dry-run", "--json").json()
+    assert held["plan"] == []
+    assert "snapshot nightly of" in held["notes"][0]
+    setup.delete_snapshot(volume, "nightly")
+    plan = cli("compact", vol["id"], "--dry-run")
+    assert plan.code == 0
+    assert "repoint_backing_0" in plan.out
+    assert "consolidate_instance" in plan.out
+    assert ops.get_vm(Moref("VirtualMachine", inst["moref"])).consolidation_needed
+    done = cli("compact", vol["id"], "--json")
+    assert done.code == 0
+    assert done.json()["compacted"] is True
+    assert done.json()["instance"]["consolidation_needed"] is False
+    again = cli("compact", vol["id"])
+    assert again.code == 0
+    assert "nothing to compact" in again.out

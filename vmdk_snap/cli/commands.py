@@ -34,7 +34,7 @@ def add_command(
 
 
 def register(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
-    for add in (_snapshot, _delete, _revert, _list, _check, _consolidate, _recover):
+    for add in (_snapshot, _delete, _revert, _list, _check, _consolidate, _compact, _recover):
         add(sub, common)
 
 
@@ -251,6 +251,42 @@ def run_consolidate(ctx: Context) -> int:
         head = f"volume-{volume.id}: nothing to consolidate (its chain is not duplicated)"
     ctx.out.text(head + "\n" + views.list_text(state))
     ctx.out.document("consolidate", {**views.volume_doc(state), "consolidated": changed})
+    return EXIT_OK
+
+
+def _compact(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    p = add_command(
+        sub,
+        common,
+        "compact",
+        "Give the volume's instance back the disk chains it had before its forced snapshots: "
+        "merge the deltas they left once no snapshot holds them (all the instance's disks at "
+        "once, so this compacts every volume of that instance). Deleting an attached volume's "
+        "snapshot does this by itself.",
+        """
+        vmdk-snap compact 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --dry-run
+        vmdk-snap compact 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
+        """,
+    )
+    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.set_defaults(run=run_compact)
+
+
+def run_compact(ctx: Context) -> int:
+    volume = parse_volume(ctx.args.volume)
+    with ctx.driver() as driver:
+        plan = driver.plan_compact(volume)
+        if ctx.args.dry_run:
+            return views.show_plan(ctx.out, "compact", volume.id, plan)
+        compacted = bool(plan.steps) and driver.compact(volume)
+        state = driver.describe(volume)
+    if compacted:
+        head = f"compacted the instance of volume-{volume.id}"
+    else:
+        head = f"volume-{volume.id}: " + (plan.notes[0] if plan.notes else "nothing to compact")
+    ctx.out.text(head + "\n" + views.list_text(state))
+    ctx.out.document("compact", {**views.volume_doc(state), "compacted": compacted})
     return EXIT_OK
 
 
