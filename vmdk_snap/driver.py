@@ -50,6 +50,7 @@ from vmdk_snap.strategies import (
     SnapshotStrategy,
     VolumeState,
     WorkflowSpec,
+    chain_headroom,
     missing_snapshot,
 )
 from vmdk_snap.types import SnapshotNode, VmInfo
@@ -105,6 +106,15 @@ class SnapshotResult:
     created: bool
 
 
+COMPACT_DEPTH = 3
+"""A forced snapshot first compacts the instance when its deepest chain has this many deltas.
+
+VMware advises keeping a running VM's chains at two or three deltas for its
+I/O; compaction copies nothing and costs two tasks and a few reads (see the
+README's cost section), so it runs as soon as that is passed.
+"""
+
+
 class Driver:
     """Snapshots of Cinder VMDK volumes, attached or not, crash-safe.
 
@@ -120,7 +130,9 @@ class Driver:
         strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
         instance_wait: how long (seconds) a workflow that changes an instance
             waits for another one on the same instance before ``Busy``.
-        compact: after deleting an attached volume's snapshot, merge the
+        compact: after deleting an attached volume's snapshot, and before a
+            forced snapshot when the instance's deepest chain has
+            ``compact_depth`` (:data:`COMPACT_DEPTH`) deltas or more, merge the
             instance's redundant deltas when no snapshot holds them any more
             (:meth:`compact`); False leaves that to an explicit ``compact``.
     """
@@ -138,6 +150,7 @@ class Driver:
     ) -> None:
         self.instance_wait = instance_wait
         self.auto_compact = compact
+        self.compact_depth = COMPACT_DEPTH
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
         self.journal = journal if journal is not None else Journal(journal_path)
         self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
@@ -300,8 +313,8 @@ class Driver:
             existing = state.backing.snapshot_named(name)
             if existing is None and state.instance is not None:
                 self._strategy_for_snapshot(state, force)  # refused before any wait
-                with self._instance_locked(volume, state) as state:
-                    return self._take(volume, state, name, **how)
+                with self._instance_locked(volume, state) as locked:
+                    return self._take(volume, self._compacted_first(volume, locked), name, **how)
             return self._take(volume, state, name, **how)
 
     def _take(
@@ -412,6 +425,20 @@ class Driver:
             why = plan.refusal if plan is not None else f"volume {volume.id} is not attached"
             return Plan("compact", volume.id, (), (f"nothing to compact: {why}",))
         return self._plan(volume.id, WorkflowSpec("compact", self._compact_params(state, plan)))
+
+    def _compacted_first(self, volume: Volume, state: VolumeState) -> VolumeState:
+        """Before a forced snapshot: merge what earlier ones left, when the chains are deep.
+
+        Deletions compact by themselves; this catches what they could not
+        (a snapshot then still held the files, deletions made elsewhere).
+        """
+        inst = state.instance
+        if not self.auto_compact or inst is None or not inst.consolidation_needed:
+            return state
+        if chain_headroom(state).depth < self.compact_depth:
+            return state
+        self._compact_after(volume, "before the forced snapshot")
+        return self._state(volume, verify=True)
 
     def _compact_after(self, volume: Volume, what: str) -> None:
         """Compact after a workflow that may have released the instance's files."""

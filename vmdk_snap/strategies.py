@@ -243,8 +243,8 @@ class AttachedStrategy:
 MAX_DELTAS = 32
 
 DEEP_CHAIN_REMEDY = (
-    "detach the volume and snapshot it as an available volume, or consolidate the "
-    "instance's disks while its volumes are detached"
+    "delete the volume snapshots you no longer need (their deltas are then merged, or run "
+    "`vmdk-snap compact VOLUME`), or detach the volume and snapshot it as an available volume"
 )
 """What to do about a chain too deep for a forced snapshot (the refusal's hint, check's advice)."""
 

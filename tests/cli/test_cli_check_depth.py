@@ -18,12 +18,10 @@ import pytest
 from tests.cli.support import Cli, Result, tasks_started
 from tests.conftest import Target
 from tests.workflow_checks import vm, volume_disk_key, world
+from vmdk_snap.strategies import DEEP_CHAIN_REMEDY
 from vmdk_snap.types import DiskSpec
 
-REMEDY = (
-    "detach the volume and snapshot it as an available volume, or consolidate the "
-    "instance's disks while its volumes are detached"
-)
+REMEDY = DEEP_CHAIN_REMEDY
 
 
 @pytest.fixture
@@ -32,11 +30,14 @@ def cli(vc: Target, tmp_path: Path) -> Cli:
 
 
 def _grow_instance(vc: Target, ops: Any, instance: str, deltas: int) -> None:
-    """``deltas`` snapshots of the instance, each removed without consolidation:
-    every disk attached now keeps one more delta, as after a forced snapshot."""
+    """``deltas`` snapshots of the instance, all but the first removed without
+    consolidation: every disk attached now keeps one more delta each, as after
+    forced snapshots. The first one stays, so that nothing can compact them
+    (an instance snapshot someone took and keeps)."""
     vc.ctl.set_default_task_time(0)
     try:
-        for i in range(deltas):
+        ops.create_snapshot(vm(instance), "kept-by-someone")
+        for i in range(deltas - 1):
             snap = ops.create_snapshot(vm(instance), f"grow-{i}")
             ops.remove_snapshot(snap, False, False)
     finally:

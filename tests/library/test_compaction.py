@@ -19,7 +19,7 @@ from tests.workflow_checks import (
     vm,
     volume_disk_key,
 )
-from vmdk_snap.driver import Driver, Volume
+from vmdk_snap.driver import COMPACT_DEPTH, Driver, Volume
 
 ROUNDS = 40  # scripts/bench_backup_loop.py runs 100
 
@@ -134,4 +134,27 @@ def test_compact_on_demand_and_its_plan(vc: Target, ops: Any, tmp_path: Path) ->
     assert driver.compact(volume)
     assert _shape(vc, ops, inst["moref"]) == start
     assert not driver.compact(volume)  # nothing left to merge
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_a_forced_snapshot_first_compacts_what_earlier_deletions_left(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """Deleted without compaction (elsewhere, or by an older release): the next
+    forced snapshot merges those deltas before it adds its own."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    elsewhere = Driver(ops, journal_path=tmp_path / "elsewhere.sqlite", compact=False)
+    for n in range(COMPACT_DEPTH):
+        elsewhere.create_snapshot(volume, f"old-{n}", force=True)
+        elsewhere.delete_snapshot(volume, f"old-{n}")
+    depths, needed, _ = _shape(vc, ops, inst["moref"])
+    assert needed
+    assert max(depths[0]) == COMPACT_DEPTH + 1
+    make_driver(ops, tmp_path).create_snapshot(volume, "new", force=True)
+    instance = ops.get_vm(vm(inst["moref"]))
+    # Compacted to the bases, then one delta for the new snapshot.
+    assert [len(d.chain) for d in instance.disks] == [2, 2]
     assert_files_consistent(vc, seeded)

@@ -89,8 +89,10 @@ def test_deep_instance_chain_is_refused_before_any_change(
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
     vc.ctl.set_default_task_time(0)
     try:
-        # 31 snapshot + remove(consolidate=False): each keeps a delta on every disk.
-        for i in range(31):
+        # A snapshot someone keeps (nothing can be compacted), then 30 snapshot +
+        # remove(consolidate=False): each keeps a delta on every disk.
+        ops.create_snapshot(vm(inst["moref"]), "kept-by-someone")
+        for i in range(30):
             snap = ops.create_snapshot(vm(inst["moref"]), f"grow-{i}")
             ops.remove_snapshot(snap, False, False)
     finally:
