@@ -177,7 +177,14 @@ class Driver:
             backing_host=names.get(state.backing.host, ""),
             instance_host=names.get(inst.host) if inst is not None else None,
             leftovers=self._leftovers_on(inst) if inst is not None else (),
+            compaction=self._compaction_summary(state),
         )
+
+    def _compaction_summary(self, state: VolumeState) -> tuple[int, str | None] | None:
+        if state.instance is None or not state.instance.consolidation_needed:
+            return None
+        plan = self._compaction(state)
+        return (plan.deltas, plan.refusal) if plan is not None else None
 
     def _leftovers_on(self, instance: VmInfo) -> tuple[str, ...]:
         """Temporary snapshots on ``instance`` whose volume no process here is working on."""

@@ -74,6 +74,9 @@ class VolumeState:
     # vmdk-snap's temporary snapshots on the instance that no workflow running
     # on this host owns (filled in by ``Driver.describe``): recover's to settle.
     leftovers: tuple[str, ...] = ()
+    # What compaction would merge now (deltas) or why it would not (filled in
+    # by ``Driver.describe`` when the instance reports consolidationNeeded).
+    compaction: tuple[int, str | None] | None = None
 
     @property
     def snapshots(self) -> tuple[SnapshotNode, ...]:

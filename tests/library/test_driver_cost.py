@@ -150,3 +150,28 @@ def test_snapshot_of_an_available_volume(
         # was verified (no read of every VM).
         assert sum(calls.values()) == 7, calls
         assert calls["RetrievePropertiesEx"] == 3, calls
+
+
+@pytest.mark.live
+def test_deleting_an_attached_snapshot_then_compacting(
+    vc: Target, ops: Any, tmp_path: Path, quick_tasks: None
+) -> None:
+    """The deletion, then the compaction it triggers: counted, nothing copied."""
+    with fresh_driver(vc, tmp_path) as driver:
+        _, _, seeded = _counted(vc, driver, "attached-volume")
+        inst, vol = seeded["instances"][0], seeded["volumes"][0]
+        vc.ctl.reset_calls()
+        assert driver.delete_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "snapshot-1")
+        calls = vc.ctl.calls()
+    assert {m: n for m, n in calls.items() if m.endswith("_Task")} == {
+        "RemoveSnapshot_Task": 1,
+        "ReconfigVM_Task": 1,
+        "ConsolidateVMDisks_Task": 1,
+    }
+    # The deletion: 2 FindByUuid and 1 read to resolve, 1 task x 3. The
+    # compaction: 1 read of the state, 1 lookup of the instance's other
+    # volumes' backings (none), 1 read across the inventory for VMs using its
+    # files, 1 read of those VMs, 1 of their snapshots' disks, 2 tasks x 3,
+    # and each step's read (the backing's disk, the instance's state).
+    assert sum(calls.values()) == 18, calls
+    assert vc.ctl.bytes_copied()["total"] == 0

@@ -189,9 +189,17 @@ def volume_doc(state: VolumeState) -> dict[str, Any]:
         "snapshots": [snapshot_doc(s) for s in state.snapshots],
         "stale_files": list(state.stale_files),
         "temporary_snapshots_left": list(state.leftovers),
+        "compaction": _compaction_doc(state),
         "notes": list(state.notes),
         "advice": advice(state),
     }
+
+
+def _compaction_doc(state: VolumeState) -> dict[str, Any] | None:
+    if state.compaction is None:
+        return None
+    deltas, why = state.compaction
+    return {"possible": why is None, "deltas": deltas, "why_not": why}
 
 
 FEW_FORCED_SNAPSHOTS_LEFT = 3
@@ -233,6 +241,11 @@ def advice_items(state: VolumeState) -> list[str]:
     ]
     if state.duplicated:
         items.append(f"duplicated chain: run 'vmdk-snap consolidate {state.volume_id}'")
+    if state.compaction is not None and state.compaction[1] is None:
+        items.append(
+            f"{state.compaction[0]} deltas that forced snapshots left on the instance can be "
+            f"merged now: run 'vmdk-snap compact {state.volume_id}'"
+        )
     depth = _depth_advice(state)
     if depth is not None:
         items.append(depth)
@@ -247,6 +260,10 @@ def advice(state: VolumeState) -> str | None:
 def _consolidation_text(state: VolumeState) -> str:
     if not state.consolidation_needed:
         return "no"
+    if state.compaction is not None:
+        deltas, why = state.compaction
+        how = "not now: " + why if why else f"{deltas} deltas now, with 'vmdk-snap compact'"
+        return f"yes (vmdk-snap merges them: {how}; do not run vSphere's Consolidate on it)"
     # Expected after a forced snapshot: the instance keeps its deltas, and
     # vSphere's merge would write into files the backing's snapshots hold.
     return "yes (expected after forced snapshots: do not run vSphere's Consolidate on it)"
