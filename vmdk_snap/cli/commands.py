@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from vmdk_snap.cli import views
@@ -216,20 +217,25 @@ def run_check(ctx: Context) -> int:
 # -- consolidate / recover --------------------------------------------------------
 
 
-def _consolidate(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
-    p = add_command(
-        sub,
-        common,
-        "consolidate",
-        "Re-join a volume's duplicated chain: the backing takes the instance's newer VMDK.",
-        """
-        vmdk-snap consolidate 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --dry-run
-        vmdk-snap consolidate 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
-        """,
-    )
+def _volume_plan_command(
+    sub: _Subparsers,
+    common: argparse.ArgumentParser,
+    name: str,
+    summary: str,
+    run: Callable[[Context], int],
+) -> None:
+    """A command on one VOLUME whose --dry-run prints the plan (its examples both ways)."""
+    vol = "3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23"
+    examples = f"vmdk-snap {name} {vol} --dry-run\nvmdk-snap {name} {vol}\n"
+    p = add_command(sub, common, name, summary, examples)
     p.add_argument("volume", metavar="VOLUME")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.set_defaults(run=run_consolidate)
+    p.set_defaults(run=run)
+
+
+def _consolidate(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
+    summary = "Re-join a volume's duplicated chain: the backing takes the instance's newer VMDK."
+    _volume_plan_command(sub, common, "consolidate", summary, run_consolidate)
 
 
 def run_consolidate(ctx: Context) -> int:
@@ -255,22 +261,13 @@ def run_consolidate(ctx: Context) -> int:
 
 
 def _compact(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
-    p = add_command(
-        sub,
-        common,
-        "compact",
+    summary = (
         "Give the volume's instance back the disk chains it had before its forced snapshots: "
         "merge the deltas they left once no snapshot holds them (all the instance's disks at "
         "once, so this compacts every volume of that instance). Deleting an attached volume's "
-        "snapshot does this by itself.",
-        """
-        vmdk-snap compact 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --dry-run
-        vmdk-snap compact 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23
-        """,
+        "snapshot does this by itself."
     )
-    p.add_argument("volume", metavar="VOLUME")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.set_defaults(run=run_compact)
+    _volume_plan_command(sub, common, "compact", summary, run_compact)
 
 
 def run_compact(ctx: Context) -> int:
