@@ -9,7 +9,6 @@ for the instance and both succeed.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Target
+from tests.conftest import Target, child_env
 from tests.workflow_checks import (
     assert_forced_snapshot_invariants,
     snapshot_trees,
@@ -70,8 +69,7 @@ def test_cli_and_library_with_other_journals_take_turns_on_an_instance(
     inst_tree, *backing_trees = snapshot_trees(ops, inst["moref"], *(v["moref"] for v in vols))
     journals = [tmp_path / "cinder" / "journal.sqlite", tmp_path / "operator" / "journal.sqlite"]
     names = ["snapshot-cinder", "snapshot-operator"]
-    env = dict(
-        os.environ,  # VMDK_SNAP_LOCK_DIR: the test's (tests/conftest.py)
+    env = child_env(  # VMDK_SNAP_LOCK_DIR: the test's (tests/conftest.py)
         HOME=str(tmp_path / "home"),  # no config file of the machine's
         VMDK_SNAP_URL=vc.url,
         VMDK_SNAP_USERNAME=vc.username,

@@ -9,7 +9,6 @@ with no data lost.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Target
+from tests.conftest import Target, child_env
 from tests.workflow_checks import (
     World,
     assert_files_consistent,
@@ -198,7 +197,7 @@ def _killed_at(
     """
     journal = tmp_path / "state" / "journal.sqlite"
     vc.ctl.set_task_time(method or STEPS[step][0], 1500)
-    env = dict(os.environ, VMDK_SNAP_TEST_PASSWORD=vc.password)
+    env = child_env(VMDK_SNAP_TEST_PASSWORD=vc.password)
     die_at = step if before_task_id else ""
     args = [vc.url, vc.username, vc.ca_file, str(journal), op, vol, inst, die_at]
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args], env=env)
@@ -508,9 +507,7 @@ def test_kill_during_the_rollback_then_recover_restores_exactly(
     match = None if whose is None else f">{(inst if whose == 'instance' else vol)['moref']}<"
     vc.ctl.inject_fault(method, "task", "FileLocked", skip=skip, match=match)
     vc.ctl.set_task_time(slow, 1500)
-    env = dict(
-        os.environ, VMDK_SNAP_TEST_PASSWORD=vc.password, DIE_AFTER_RECORD=str(int(after_record))
-    )
+    env = child_env(VMDK_SNAP_TEST_PASSWORD=vc.password, DIE_AFTER_RECORD=str(int(after_record)))
     args = [vc.url, vc.username, vc.ca_file, str(journal), "snapshot", vol["id"], inst["uuid"]]
     try:
         proc = subprocess.run(

@@ -14,7 +14,6 @@ to its volume, and no file is lost.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Target
+from tests.conftest import Target, child_env
 from tests.workflow_checks import (
     assert_forced_snapshot_invariants,
     assert_nothing_running,
@@ -279,7 +278,7 @@ def _kill_at_step(
     when the process is gone.
     """
     vc.ctl.set_task_time("ReconfigVM_Task", SLOW_MS)
-    env = dict(os.environ, VMDK_SNAP_TEST_PASSWORD=vc.password)
+    env = child_env(VMDK_SNAP_TEST_PASSWORD=vc.password)
     nth = len(s["others"])
     die_at = STEP if before_task_id else ""
     args = [vc.url, vc.username, vc.ca_file, str(journal), s["vol_a"]["id"], s["inst"]["uuid"]]
