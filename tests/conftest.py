@@ -87,6 +87,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.live)
             if tier == "replay":
                 item.add_marker(skip_live)
+    # Longest first (a stable sort keeps the rest in order): xdist hands tests
+    # out in this order, and a long one started last would end the run alone.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -140,10 +140,11 @@ def test_snapshot_dry_run_prints_the_plan_and_starts_no_task(cli: Cli) -> None:
         "swap_backing_disk",
         "relocate_backing",
     ]
-    assert steps[2:6] == [
+    assert steps[2:7] == [
         "snapshot_instance",
         "snapshot_backing",
         "hand_over_top",
+        "disable_instance_consolidation",
         "remove_instance_snapshot",
     ]
     for i, step in enumerate(plan["plan"], 1):
@@ -319,9 +320,9 @@ def test_consolidate_draws_progress_bars_fed_by_its_tasks(cli: Cli) -> None:
 
 
 @pytest.mark.live
-def test_a_whole_forced_snapshot_run_costs_25_round_trips(cli: Cli) -> None:
+def test_a_whole_forced_snapshot_run_costs_26_round_trips(cli: Cli) -> None:
     """Everything one `vmdk-snap snapshot --force` sends, connect to logout:
-    the 16 of the snapshot itself (tests/library/test_driver_cost.py), 2 to connect
+    the 17 of the snapshot itself (tests/library/test_driver_cost.py), 2 to connect
     (RetrieveServiceContent, Login), 4 to set the task watcher up, 3 to close
     (its collector and view, Logout). No terminal, so no progress filters."""
     ctl = cli.target.ctl
@@ -334,7 +335,7 @@ def test_a_whole_forced_snapshot_run_costs_25_round_trips(cli: Cli) -> None:
     finally:
         ctl.reset_timing()
     assert run.code == 0, run.err
-    assert sum(calls.values()) == 25, calls
+    assert sum(calls.values()) == 26, calls
     assert {m: calls[m] for m in ("RetrieveServiceContent", "Login", "Logout")} == {
         "RetrieveServiceContent": 1,
         "Login": 1,

@@ -20,6 +20,7 @@ from tests.workflow_checks import (
     volume_disk_key,
 )
 from vmdk_snap.driver import COMPACT_DEPTH, Driver, Volume
+from vmdk_snap.errors import VmdkSnapError, fault_name
 
 ROUNDS = 40  # scripts/bench_backup_loop.py runs 100
 
@@ -32,6 +33,7 @@ def _shape(vc: Target, ops: Any, instance: str) -> tuple[list[tuple[int, ...]], 
 
 
 @pytest.mark.live
+@pytest.mark.slow
 def test_forced_snapshot_then_delete_round_after_round_leaves_the_instance_as_it_was(
     vc: Target, ops: Any, tmp_path: Path
 ) -> None:
@@ -129,7 +131,11 @@ def test_compact_on_demand_and_its_plan(vc: Target, ops: Any, tmp_path: Path) ->
     pending = _shape(vc, ops, inst["moref"])
     assert pending != start
     plan = driver.plan_compact(volume)
-    assert [s.name for s in plan.steps] == ["repoint_backing_0", "consolidate_instance"]
+    assert [s.name for s in plan.steps] == [
+        "repoint_backing_0",
+        "enable_instance_consolidation",
+        "consolidate_instance",
+    ]
     assert _shape(vc, ops, inst["moref"]) == pending  # a plan changes nothing
     assert driver.compact(volume)
     assert _shape(vc, ops, inst["moref"]) == start
@@ -158,3 +164,31 @@ def test_a_forced_snapshot_first_compacts_what_earlier_deletions_left(
     # Compacted to the bases, then one delta for the new snapshot.
     assert [len(d.chain) for d in instance.disks] == [2, 2]
     assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_vsphere_consolidate_is_disabled_while_a_snapshot_holds_the_instance_files(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """vCenter's consolidationNeeded alarm invites pressing Consolidate: it would
+    merge into the files the volume snapshots hold, so it is refused meanwhile."""
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    instance = vm(inst["moref"])
+    assert ops.disabled_methods(instance) == ()
+    driver.create_snapshot(volume, "first", force=True)
+    driver.create_snapshot(volume, "second", force=True)
+    for held_by in ("first and second", "second"):
+        assert ops.disabled_methods(instance) == ("ConsolidateVMDisks_Task",), held_by
+        with pytest.raises(VmdkSnapError) as err:
+            ops.consolidate_disks(instance)
+        assert fault_name(err.value.fault) == "MethodDisabled"
+        assert err.value.fault.source == "vmdk-snap"
+        assert f"snapshots of volume {vol['id']}" in str(err.value)
+        if held_by == "first and second":
+            driver.delete_snapshot(volume, "first")
+    driver.delete_snapshot(volume, "second")  # the last one: compaction enables it
+    assert ops.disabled_methods(instance) == ()
+    assert not ops.get_vm(instance).consolidation_needed

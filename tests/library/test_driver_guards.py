@@ -229,6 +229,7 @@ def test_plan_changes_nothing(vc: Target, ops: Any, tmp_path: Path) -> None:
         "snapshot_instance",
         "snapshot_backing",
         "hand_over_top",
+        "disable_instance_consolidation",
         "remove_instance_snapshot",
         "delete_stale_copy",
     ]
@@ -245,8 +246,9 @@ def test_plan_changes_nothing(vc: Target, ops: Any, tmp_path: Path) -> None:
     assert f"to host {host}, pool Resources, datastore ds-shared-2" in relocate
     assert "from host " in relocate
     assert not re.search(r"\b(host|resgroup|datastore)-\d+", relocate), relocate
-    assert "point of no return" in plan.steps[5].undo
-    assert not plan.steps[5].reversible
+    remove = next(s for s in plan.steps if s.name == "remove_instance_snapshot")
+    assert "point of no return" in remove.undo
+    assert not remove.reversible
     assert vol["vmdk"] in plan.steps[-1].description
     assert driver.journal.workflows() == []
 

@@ -346,7 +346,13 @@ def _one(  # noqa: PLR0917
 
 # Workflows with many calls run in several parts (every PARTS-th call
 # index each), so that the test's xdist workers share them out.
-PARTS = {"forced-snapshot": 2, "forced-snapshot-moved": 3, "consolidate": 2, "compact": 2}
+PARTS = {
+    "forced-snapshot": 2,
+    "forced-snapshot-moved": 3,
+    "consolidate": 2,
+    "compact": 2,
+    "delete-attached": 3,
+}
 
 
 def _cases() -> list[tuple[str, str, int]]:
@@ -358,6 +364,7 @@ def _cases() -> list[tuple[str, str, int]]:
 
 
 @pytest.mark.live
+@pytest.mark.slow
 @pytest.mark.parametrize(("workflow", "kind", "part"), _cases())
 def test_a_fault_at_every_call_ends_in_success_rollback_or_recover(  # noqa: PLR0917
     vc: Target, ops: Any, tmp_path: Path, workflow: str, kind: str, part: int

@@ -362,7 +362,7 @@ def test_kill_at_follow_other_volumes_then_recover_finishes(
 @pytest.mark.live
 @pytest.mark.parametrize(
     ("scenario", "expected"),
-    [("instance-two-volumes", 21), ("workflow2", 28)],
+    [("instance-two-volumes", 22), ("workflow2", 29)],
     ids=["shared-other-volume", "work-flow-2"],
 )
 def test_cost_of_a_forced_snapshot_with_another_volume(

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 // sim holds our additions to the stock simulator: the call counter, the
@@ -82,6 +83,18 @@ func (s *sim) middleware(next http.Handler) http.Handler {
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
+			if method == "DisableMethods" || method == "EnableMethods" {
+				if !authenticated(next, r) {
+					writeFault(w, "The session is not authenticated.", &types.NotAuthenticated{})
+				} else {
+					s.serveMethodToggles(w, method, body)
+				}
+				return
+			}
+			if fault := disabledFault(method, body); fault != nil {
+				writeFault(w, faultMessage(fault), fault)
+				return
+			}
 			if !s.intercept(next, w, r, method, body) {
 				next.ServeHTTP(w, r)
 			}

@@ -37,6 +37,7 @@ from vmdk_snap.errors import (
     translate,
 )
 from vmdk_snap.types import Moref
+from vmdk_snap.vsphere.internal import InternalMethods
 from vmdk_snap.vsphere.tasks import DEFAULT_WAIT_SECONDS, SessionRenewed, TaskWatcher
 
 __all__ = ["RetryPolicy", "Session", "StartedCheck"]
@@ -329,6 +330,20 @@ class Session:
         """The pyVmomi managed object for a :class:`Moref`, bound to this session."""
         klass = VmomiSupport.GetWsdlType("urn:vim25", ref.type)
         return klass(ref.value, self._stub)
+
+    @property
+    def internal(self) -> InternalMethods:
+        """vCenter-internal methods pyVmomi lacks, to call through :meth:`invoke`."""
+
+        def stub() -> Any:
+            if self._stub is None:
+                raise ConnectionFailed("the session is closed", hint="open a new Session")
+            return self._stub
+
+        def manager() -> Moref:
+            return Moref("AuthorizationManager", self.content.authorizationManager._moId)
+
+        return InternalMethods(stub, manager)
 
     @property
     def watcher(self) -> TaskWatcher:

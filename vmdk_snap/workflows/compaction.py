@@ -26,7 +26,11 @@ a crash could stop the workflow:
    deletes is given the file the merge writes into (its chain's base, which
    exists before and after; the backing is powered off and only a pointer to
    the volume while attached). Undo: give it its delta back.
-2. ``consolidate_instance``: ``ConsolidateVMDisks_Task`` on the instance.
+2. ``enable_instance_consolidation``: forced snapshots disable vSphere's
+   Consolidate on the instance while backing snapshots hold its files
+   (:func:`~vmdk_snap.workflows.snapshot_steps.disable_instance_consolidation`);
+   none does now, so it is enabled again (undo: disabled again).
+3. ``consolidate_instance``: ``ConsolidateVMDisks_Task`` on the instance.
    vSphere's merge of a running VM either happens or leaves the disks as they
    were; a failure is rolled back (the backings get their deltas back), a
    crash is settled by ``recover`` from vCenter's state. No undo: it is the
@@ -48,6 +52,7 @@ from vmdk_snap.types import Disk, Moref, VmInfo
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.workflows.engine import Changes, Step
 from vmdk_snap.workflows.merge_guard import snapshots_to_read
+from vmdk_snap.workflows.snapshot_steps import CONSOLIDATE, GUARD_SOURCE, guard_reason
 from vmdk_snap.workflows.stepctx import (
     OpsContext,
     disk_json,
@@ -220,6 +225,39 @@ def repoint_backing(index: int) -> Step[OpsContext]:
     )
 
 
+def enable_instance_consolidation() -> Step[OpsContext]:
+    """No snapshot holds the instance's files any more: vSphere's Consolidate is safe again."""
+
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"enable vSphere's Consolidate ({CONSOLIDATE}) on instance "
+            f"{ctx.params['instance_name']} again (source {GUARD_SOURCE}): no snapshot holds "
+            "files of its chains any more"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        ctx.ops.enable_methods(ctx.vm("instance"), [CONSOLIDATE], GUARD_SOURCE)
+        return {"enabled": CONSOLIDATE}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        reason = guard_reason(str(ctx.params["volume_id"]))
+        ctx.ops.disable_methods(ctx.vm("instance"), [CONSOLIDATE], GUARD_SOURCE, reason)
+
+    def check(ctx: OpsContext) -> Changes | None:
+        # Enabling again is harmless: "not done" when in doubt, so it is redone.
+        enabled = CONSOLIDATE not in ctx.ops.disabled_methods(ctx.vm("instance"))
+        return {"enabled": CONSOLIDATE} if enabled else None
+
+    return Step(
+        "enable_instance_consolidation",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text="disable it again (source vmdk-snap)",
+    )
+
+
 def consolidate_instance() -> Step[OpsContext]:
     def describe(ctx: OpsContext) -> str:
         merges = ctx.params["merges"]
@@ -257,5 +295,6 @@ def consolidate_instance() -> Step[OpsContext]:
 def compaction_steps(params: dict[str, Any]) -> list[Step[OpsContext]]:
     return [
         *(repoint_backing(i) for i in range(len(params.get("repoints") or ()))),
+        enable_instance_consolidation(),
         consolidate_instance(),
     ]

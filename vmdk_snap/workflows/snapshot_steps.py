@@ -27,6 +27,9 @@ from vmdk_snap.workflows.stepctx import (
 )
 
 __all__ = [
+    "CONSOLIDATE",
+    "GUARD_SOURCE",
+    "disable_instance_consolidation",
     "discard_temporary",
     "follow_other_volumes",
     "hand_over_top",
@@ -217,6 +220,58 @@ def hand_over_top() -> Step[OpsContext]:
         undo,
         check,
         undo_text="detach the instance's file from the backing (kept) and re-attach the frozen one",
+    )
+
+
+# vSphere's own Consolidate, which vCenter's consolidationNeeded alarm invites
+# operators to run, would merge the instance's deltas into files the backings'
+# snapshots hold (destroying them): disabled under our source id while that
+# is so (vmdk_snap.vsphere.internal), enabled again by compaction.
+CONSOLIDATE = "ConsolidateVMDisks_Task"
+GUARD_SOURCE = "vmdk-snap"
+
+
+def guard_reason(volume_id: str) -> str:
+    return (
+        f"vmdk-snap: snapshots of volume {volume_id} hold this VM's disk files, which a "
+        "consolidation would overwrite; delete them with vmdk-snap, which then merges "
+        "(vmdk-snap compact)"
+    )
+
+
+def disable_instance_consolidation() -> Step[OpsContext]:
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"disable vSphere's Consolidate ({CONSOLIDATE}) on instance "
+            f"{ctx.params['instance_name']} (source {GUARD_SOURCE}): snapshot "
+            f"{ctx.params['name']} of the backing holds files of its chains"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        ctx.ops.disable_methods(
+            ctx.vm("instance"), [CONSOLIDATE], GUARD_SOURCE, guard_reason(ctx.params["volume_id"])
+        )
+        return {"disabled": CONSOLIDATE}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        # Left disabled: an earlier snapshot may hold the instance's files too,
+        # and only compaction knows that none does (it enables it again).
+        log.info("vSphere's Consolidate stays disabled on %s", ctx.params["instance_name"])
+
+    def check(ctx: OpsContext) -> Changes | None:
+        disabled = CONSOLIDATE in ctx.ops.disabled_methods(ctx.vm("instance"))
+        return {"disabled": CONSOLIDATE} if disabled else None
+
+    return Step(
+        "disable_instance_consolidation",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text=(
+            "none needed: it stays disabled (an earlier snapshot may hold the instance's files "
+            "too); compaction enables it again once no snapshot does"
+        ),
     )
 
 

@@ -17,11 +17,15 @@ attached volume", Work Flow 1)::
                                 holds the frozen file
       5. hand_over_top          one ReconfigVM of the backing: destroy its fresh delta, attach
                                 the instance's new delta (backing and instance share it)
-      6. remove_instance_snapshot  consolidate=False: the instance's tree is as before,
+      6. disable_instance_consolidation  vSphere's Consolidate on the instance would
+                                now merge into the file the backing's snapshot holds: it
+                                is disabled (DisableMethods, source vmdk-snap) until
+                                compaction finds no snapshot holding its files
+      7. remove_instance_snapshot  consolidate=False: the instance's tree is as before,
                                 every file stays where it is (the point of no return)
-      7. follow_other_volumes   (other volumes attached) each other backing that shared
+      8. follow_other_volumes   (other volumes attached) each other backing that shared
                                 the instance's file gets its new delta (one ReconfigVM each)
-      8. delete_stale_copy      (after a consolidation) delete the old copy's files
+      9. delete_stale_copy      (after a consolidation) delete the old copy's files
 
 Consolidation order, chosen so that no volume data is copied: the backing's
 home moves first (``moveAllDiskBackingsAndAllowSharing``, with a disk locator
@@ -112,6 +116,7 @@ from vmdk_snap.workflows.consolidation import (
 )
 from vmdk_snap.workflows.engine import Step
 from vmdk_snap.workflows.snapshot_steps import (
+    disable_instance_consolidation,
     discard_temporary,
     follow_other_volumes,
     hand_over_top,
@@ -185,6 +190,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Step[OpsContext]]]] = {
         snapshot_instance(),
         snapshot_backing(attached=True),
         hand_over_top(),
+        disable_instance_consolidation(),
         remove_instance_snapshot(),
         *([follow_other_volumes()] if p.get("others") else []),
         *([delete_stale_copy()] if p.get("stale") else []),

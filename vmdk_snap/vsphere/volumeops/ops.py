@@ -10,7 +10,7 @@ from typing import Any
 
 from pyVmomi import VmomiSupport, vim
 
-from vmdk_snap.errors import InvalidInput, NotFound
+from vmdk_snap.errors import InvalidInput, NotFound, VmdkSnapError, fault_name
 from vmdk_snap.types import (
     DatastoreInfo,
     Disk,
@@ -476,6 +476,36 @@ class VolumeOps:
         self, vm: Moref, values: Mapping[str, str], *, timeout: float | None = None
     ) -> None:
         self.reconfigure_disks(vm, extra_config=values, timeout=timeout)
+
+    def disable_methods(self, vm: Moref, methods: Sequence[str], source: str, reason: str) -> None:
+        """Disable ``methods`` on ``vm`` as ``source`` (a no-op for those it already disabled).
+
+        Calls of them then fail with ``MethodDisabled`` naming ``source``,
+        whoever makes them, until :meth:`enable_methods`. ``reason`` is the
+        reason id vCenter keeps with them.
+        """
+        for method in methods:
+            try:
+                self.session.invoke(
+                    self.session.internal, "DisableMethods", [vm], [(method, reason)], source
+                )
+            except VmdkSnapError as exc:
+                if fault_name(exc.fault) != "MethodAlreadyDisabledFault":
+                    raise
+
+    def enable_methods(self, vm: Moref, methods: Sequence[str], source: str) -> None:
+        """Enable again ``methods`` that ``source`` disabled on ``vm`` (idempotent)."""
+        self.session.invoke(self.session.internal, "EnableMethods", [vm], list(methods), source)
+
+    def disabled_methods(self, vm: Moref) -> tuple[str, ...]:
+        """The methods any source disabled on ``vm`` (its ``disabledMethod``)."""
+        found = retrieve(
+            self.session, [Obj(self.session.mo(vm))], {vim.VirtualMachine: ["disabledMethod"]}
+        )
+        names = found[0].props.get("disabledMethod") or () if found else ()
+        return tuple(
+            sorted(getattr(getattr(m, "info", None), "wsdlName", None) or str(m) for m in names)
+        )
 
     def start_consolidate_disks(self, vm: Moref) -> TaskRef:
         return self._start(vm, "ConsolidateVMDisks_Task")
