@@ -135,6 +135,7 @@ class Driver:
             ``compact_depth`` (:data:`COMPACT_DEPTH`) deltas or more, merge the
             instance's redundant deltas when no snapshot holds them any more
             (:meth:`compact`); False leaves that to an explicit ``compact``.
+        compact_depth: see ``compact`` (default :data:`COMPACT_DEPTH`).
     """
 
     def __init__(
@@ -147,10 +148,11 @@ class Driver:
         strategies: Mapping[str, SnapshotStrategy] | None = None,
         instance_wait: float = DEFAULT_INSTANCE_WAIT,
         compact: bool = True,
+        compact_depth: int = COMPACT_DEPTH,
     ) -> None:
         self.instance_wait = instance_wait
         self.auto_compact = compact
-        self.compact_depth = COMPACT_DEPTH
+        self.compact_depth = compact_depth
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
         self.journal = journal if journal is not None else Journal(journal_path)
         self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
