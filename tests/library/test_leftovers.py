@@ -61,6 +61,8 @@ def _assert_complete(vc: Target, ops: Any, seeded: dict[str, Any], tokens: list[
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
     backing, instance = ops.get_vms([vm(vol["moref"]), vm(inst["moref"])])
     assert instance.snapshots == ()
+    # The volume snapshot holds the instance's files: vSphere's Consolidate is off.
+    assert ops.disabled_methods(vm(inst["moref"])) == ("ConsolidateVMDisks_Task",)
     node = backing.snapshot_named("snap-1")
     assert node is not None
     (bdisk,) = backing.disks

@@ -471,6 +471,10 @@ def release_temporary() -> Step[OpsContext]:
         )
 
     def do(ctx: OpsContext) -> Changes:
+        # As the forced snapshot's own steps do: from now on vSphere's
+        # Consolidate would merge into the file the volume snapshot holds.
+        reason = guard_reason(ctx.params["volume_id"])
+        ctx.ops.disable_methods(ctx.vm("instance"), [CONSOLIDATE], GUARD_SOURCE, reason)
         ctx.run(ctx.ops.start_remove_snapshot(ref_of(ctx.params["temp_snapshot"]), False, False))
         return {"removed": ctx.params["temp_snapshot"]}
 
