@@ -469,14 +469,9 @@ class Driver:
         return True
 
     def _compaction(self, state: VolumeState) -> CompactionPlan | None:
-        inst = state.instance
-        if inst is None:
+        if state.instance is None:
             return None
-        if inst.snapshots or not inst.consolidation_needed:
-            # What plan_compaction refuses first, known without a read.
-            return plan_compaction(self.ops, inst, [])
-        found = self.ops.find_volume_backings(inst, skip=state.volume_id).values()
-        return plan_compaction(self.ops, inst, [state.backing.ref, *(r for r in found if r)])
+        return plan_compaction(self.ops, state.instance, state.volume_id, state.backing.ref)
 
     @staticmethod
     def _compact_params(state: VolumeState, plan: CompactionPlan) -> dict[str, Any]:

@@ -273,15 +273,16 @@ def _compact(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
 def run_compact(ctx: Context) -> int:
     volume = parse_volume(ctx.args.volume)
     with ctx.driver() as driver:
-        plan = driver.plan_compact(volume)
         if ctx.args.dry_run:
-            return views.show_plan(ctx.out, "compact", volume.id, plan)
-        compacted = bool(plan.steps) and driver.compact(volume)
+            return views.show_plan(ctx.out, "compact", volume.id, driver.plan_compact(volume))
+        compacted = driver.compact(volume)
+        # Why not, only when it did not (compact plans under the locks itself).
+        notes = () if compacted else driver.plan_compact(volume).notes
         state = driver.describe(volume)
     if compacted:
         head = f"compacted the instance of volume-{volume.id}"
     else:
-        head = f"volume-{volume.id}: " + (plan.notes[0] if plan.notes else "nothing to compact")
+        head = f"volume-{volume.id}: " + (notes[0] if notes else "nothing to compact")
     ctx.out.text(head + "\n" + views.list_text(state))
     ctx.out.document("compact", {**views.volume_doc(state), "compacted": compacted})
     return EXIT_OK

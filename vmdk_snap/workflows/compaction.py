@@ -52,13 +52,13 @@ from vmdk_snap.types import Disk, Moref, VmInfo
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.workflows.engine import Changes, Step
 from vmdk_snap.workflows.merge_guard import snapshots_to_read
-from vmdk_snap.workflows.snapshot_steps import CONSOLIDATE, GUARD_SOURCE, guard_reason
+from vmdk_snap.workflows.snapshot_steps import CONSOLIDATE, GUARD_SOURCE, guard_instance
 from vmdk_snap.workflows.stepctx import (
     OpsContext,
     disk_json,
     ref_json,
     ref_of,
-    spec_for,
+    replace_disk,
 )
 
 __all__ = ["CompactionPlan", "compaction_steps", "plan_compaction"]
@@ -99,12 +99,16 @@ class CompactionPlan:
         }
 
 
-def plan_compaction(ops: VolumeOps, instance: VmInfo, backings: Sequence[Moref]) -> CompactionPlan:
+def plan_compaction(
+    ops: VolumeOps, instance: VmInfo, volume_id: str, backing: Moref
+) -> CompactionPlan:
     """Whether (and how) the instance's redundant deltas can be merged now.
 
-    ``backings``: the backings of the instance's volumes. Reads every VM that
-    uses one of the instance's files (one read across the inventory), those
-    VMs, and their snapshots' disks.
+    ``backing`` is volume ``volume_id``'s. What is refused on the instance's
+    own state costs no read; otherwise it looks up the backings of the
+    instance's other volumes (by Nova's keys), reads every VM that uses one of
+    the instance's files (one read across the inventory), those VMs, and their
+    snapshots' disks.
     """
     merges = {
         d.key: (d.chain[-1], tuple(d.chain[:-1]))
@@ -117,6 +121,8 @@ def plan_compaction(ops: VolumeOps, instance: VmInfo, backings: Sequence[Moref])
         return _refused(plan, why)
     deltas = {p: b for b, ds in merges.values() for p in ds}
     touched = set(deltas) | {b for b, _ in merges.values()}
+    others = ops.find_volume_backings(instance, skip=volume_id).values()
+    backings = [backing, *(r for r in others if r is not None)]
     refs = [*backings, *ops.find_vms_using(touched)]
     vms = ops.get_vms([r for r in dict.fromkeys(refs) if r != instance.ref])
     snaps = ops.snapshots_disks(snapshots_to_read(instance, vms))
@@ -192,14 +198,7 @@ def repoint_backing(index: int) -> Step[OpsContext]:
         return next(d for d in backing.disks if d.key == key)
 
     def attach(ctx: OpsContext, path: str) -> None:
-        disk = current(ctx)
-        if disk.path == path:
-            return
-        ctx.run(
-            ctx.ops.start_reconfigure_disks(
-                ref_of(item(ctx)["backing"]), remove=[(disk, False)], add=[spec_for(disk, path)]
-            )
-        )
+        replace_disk(ctx, ref_of(item(ctx)["backing"]), current(ctx), path)
 
     def do(ctx: OpsContext) -> Changes:
         r = item(ctx)
@@ -240,8 +239,7 @@ def enable_instance_consolidation() -> Step[OpsContext]:
         return {"enabled": CONSOLIDATE}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
-        reason = guard_reason(str(ctx.params["volume_id"]))
-        ctx.ops.disable_methods(ctx.vm("instance"), [CONSOLIDATE], GUARD_SOURCE, reason)
+        guard_instance(ctx)
 
     def check(ctx: OpsContext) -> Changes | None:
         # Enabling again is harmless: "not done" when in doubt, so it is redone.

@@ -32,6 +32,7 @@ __all__ = [
     "disable_instance_consolidation",
     "discard_temporary",
     "follow_other_volumes",
+    "guard_instance",
     "hand_over_top",
     "release_temporary",
     "remove_backing_snapshot",
@@ -106,7 +107,7 @@ def remove_temporary(ctx: OpsContext, snap: Moref) -> None:
             if isinstance(exc, TaskTimeout):
                 raise
             why = f"the merge failed: {exc}"
-            if ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None:
+            if _temp_gone(ctx):
                 log.warning("temporary snapshot removed, its deltas not merged: %s", why)
                 return
     log.warning(
@@ -116,6 +117,11 @@ def remove_temporary(ctx: OpsContext, snap: Moref) -> None:
         why,
     )
     ctx.run(ctx.ops.start_remove_snapshot(snap, False, False))
+
+
+def _temp_gone(ctx: OpsContext) -> bool:
+    """The workflow's temporary snapshot is no longer in the instance's tree (one read)."""
+    return ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None
 
 
 def snapshot_backing(*, attached: bool) -> Step[OpsContext]:
@@ -231,12 +237,14 @@ CONSOLIDATE = "ConsolidateVMDisks_Task"
 GUARD_SOURCE = "vmdk-snap"
 
 
-def guard_reason(volume_id: str) -> str:
-    return (
-        f"vmdk-snap: snapshots of volume {volume_id} hold this VM's disk files, which a "
-        "consolidation would overwrite; delete them with vmdk-snap, which then merges "
+def guard_instance(ctx: OpsContext) -> None:
+    """Disable vSphere's Consolidate on the workflow's instance (source vmdk-snap)."""
+    reason = (
+        f"vmdk-snap: snapshots of volume {ctx.params['volume_id']} hold this VM's disk files, "
+        "which a consolidation would overwrite; delete them with vmdk-snap, which then merges "
         "(vmdk-snap compact)"
     )
+    ctx.ops.disable_methods(ctx.vm("instance"), [CONSOLIDATE], GUARD_SOURCE, reason)
 
 
 def disable_instance_consolidation() -> Step[OpsContext]:
@@ -248,9 +256,7 @@ def disable_instance_consolidation() -> Step[OpsContext]:
         )
 
     def do(ctx: OpsContext) -> Changes:
-        ctx.ops.disable_methods(
-            ctx.vm("instance"), [CONSOLIDATE], GUARD_SOURCE, guard_reason(ctx.params["volume_id"])
-        )
+        guard_instance(ctx)
         return {"disabled": CONSOLIDATE}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
@@ -289,8 +295,9 @@ def remove_instance_snapshot() -> Step[OpsContext]:
         return {"removed": snap}
 
     def check(ctx: OpsContext) -> Changes | None:
-        gone = ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None
-        return {"removed": ctx.results["snapshot_instance"]["snapshot"]} if gone else None
+        return (
+            {"removed": ctx.results["snapshot_instance"]["snapshot"]} if _temp_gone(ctx) else None
+        )
 
     return Step(
         "remove_instance_snapshot",
@@ -456,8 +463,7 @@ def revert_backing() -> Step[OpsContext]:
 
 
 def _leftover_gone(ctx: OpsContext) -> Changes | None:
-    gone = ctx.read("instance").snapshot_named(ctx.params["temp_name"]) is None
-    return {"removed": ctx.params["temp_snapshot"]} if gone else None
+    return {"removed": ctx.params["temp_snapshot"]} if _temp_gone(ctx) else None
 
 
 def release_temporary() -> Step[OpsContext]:
@@ -473,8 +479,7 @@ def release_temporary() -> Step[OpsContext]:
     def do(ctx: OpsContext) -> Changes:
         # As the forced snapshot's own steps do: from now on vSphere's
         # Consolidate would merge into the file the volume snapshot holds.
-        reason = guard_reason(ctx.params["volume_id"])
-        ctx.ops.disable_methods(ctx.vm("instance"), [CONSOLIDATE], GUARD_SOURCE, reason)
+        guard_instance(ctx)
         ctx.run(ctx.ops.start_remove_snapshot(ref_of(ctx.params["temp_snapshot"]), False, False))
         return {"removed": ctx.params["temp_snapshot"]}
 

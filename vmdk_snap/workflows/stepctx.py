@@ -27,6 +27,7 @@ __all__ = [
     "only_disk",
     "ref_json",
     "ref_of",
+    "replace_disk",
     "set_backing_disk",
     "spec_for",
 ]
@@ -203,11 +204,17 @@ def spec_for(disk: Disk, path: str) -> DiskSpec:
 def set_backing_disk(ctx: OpsContext, path: str, *, destroy_current: bool = False) -> None:
     """Make ``path`` the backing's disk (one ReconfigVM), if it is not already."""
     backing = ctx.read("backing")
-    current = only_disk(backing)
+    replace_disk(ctx, backing.ref, only_disk(backing), path, destroy_current=destroy_current)
+
+
+def replace_disk(
+    ctx: OpsContext, vm: Moref, current: Disk, path: str, *, destroy_current: bool = False
+) -> None:
+    """Attach ``path`` in place of the VM's disk ``current`` (one ReconfigVM), unless it is it."""
     if current.path == path:
         return
     ctx.run(
         ctx.ops.start_reconfigure_disks(
-            backing.ref, remove=[(current, destroy_current)], add=[spec_for(current, path)]
+            vm, remove=[(current, destroy_current)], add=[spec_for(current, path)]
         )
     )
