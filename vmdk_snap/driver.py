@@ -53,7 +53,7 @@ from vmdk_snap.strategies import (
     chain_headroom,
     missing_snapshot,
 )
-from vmdk_snap.types import SnapshotNode, VmInfo
+from vmdk_snap.types import SnapshotNode, VmInfo, datastore_of
 from vmdk_snap.volume_state import (
     AVAILABLE,
     IN_USE,
@@ -68,6 +68,7 @@ from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows import leftovers
 from vmdk_snap.workflows.compaction import CompactionPlan, plan_compaction
 from vmdk_snap.workflows.consolidation import unseen_datastore_remedy
+from vmdk_snap.workflows.copy_out import copies_merge_safely, copy_params, copy_target
 from vmdk_snap.workflows.engine import Engine, Incomplete, Plan, RecoveryResult, plan_of
 from vmdk_snap.workflows.journal import Journal, WorkflowRecord
 from vmdk_snap.workflows.locks import (
@@ -115,6 +116,20 @@ README's cost section), so it runs as soon as that is passed.
 """
 
 
+COPY_DEPTH = 14
+"""A forced snapshot copies its backing's snapshots out when the deepest chain has this many deltas.
+
+With snapshots retained, the instance can be compacted only after every
+backing whose snapshots hold its files has copied them out, and a backing
+copies only in its own forced snapshot (its disk is then its own fresh
+delta). Every forced snapshot adds one delta to every chain, so with two
+volumes rotated separately the chains reach ``COPY_DEPTH + 2`` before the
+second copy lets compaction merge: 14 keeps them at 16 or less. Each copy
+costs one volume's data (plus the deltas) per about ``COPY_DEPTH`` forced
+snapshots; the README's benchmark gives the figures for other values.
+"""
+
+
 class Driver:
     """Snapshots of Cinder VMDK volumes, attached or not, crash-safe.
 
@@ -136,6 +151,14 @@ class Driver:
             instance's redundant deltas when no snapshot holds them any more
             (:meth:`compact`); False leaves that to an explicit ``compact``.
         compact_depth: see ``compact`` (default :data:`COMPACT_DEPTH`).
+        copy_depth: a forced snapshot that finds the instance's deepest chain
+            at this many deltas (:data:`COPY_DEPTH`) or more, with snapshots
+            holding its files, copies its backing's snapshots out first (to
+            another datastore; see :mod:`vmdk_snap.workflows.copy_out`), so
+            that compaction can merge. Only with ``compact``.
+        copy_to: the datastore those copies go to (default: the backing's
+            home datastore if it holds none of the instance's files, else the
+            first other datastore its host sees, by name).
     """
 
     def __init__(
@@ -149,10 +172,14 @@ class Driver:
         instance_wait: float = DEFAULT_INSTANCE_WAIT,
         compact: bool = True,
         compact_depth: int = COMPACT_DEPTH,
+        copy_depth: int = COPY_DEPTH,
+        copy_to: str | None = None,
     ) -> None:
         self.instance_wait = instance_wait
         self.auto_compact = compact
         self.compact_depth = compact_depth
+        self.copy_depth = copy_depth
+        self.copy_to = copy_to
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
         self.journal = journal if journal is not None else Journal(journal_path)
         self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
@@ -214,7 +241,7 @@ class Driver:
         if existing is not None:
             return Plan("snapshot", volume.id, (), (f"snapshot {name} exists: nothing to do",))
         spec = self._strategy_for_snapshot(state, force).take(state, name, quiesce=False)
-        return self._plan(volume.id, spec)
+        return self._plan(volume.id, self._with_copy(state, spec))
 
     def plan_consolidate(self, volume: Volume) -> Plan:
         """What :meth:`consolidate` would do; changes nothing."""
@@ -349,11 +376,43 @@ class Driver:
             log.info("volume %s already has snapshot %s: returning it", volume.id, name)
             return SnapshotResult(existing, created=False)
         strategy = self._strategy_for_snapshot(state, force)
-        spec = strategy.take(state, name, quiesce=quiesce)
+        spec = self._with_copy(state, strategy.take(state, name, quiesce=quiesce))
         for note in spec.notes:
             log.info("%s", note)
         ctx = self._run(volume.id, spec, on_progress, state.instance)
-        return SnapshotResult(self._made(ctx, state, name, quiesce), created=True)
+        made = SnapshotResult(self._made(ctx, state, name, quiesce), created=True)
+        if spec.params.get("copy") and self.auto_compact:
+            # This volume's snapshots no longer hold the instance's files.
+            self._compact_after(volume, f"snapshot {name}, its backing's snapshots copied out")
+        return made
+
+    def _with_copy(self, state: VolumeState, spec: WorkflowSpec) -> WorkflowSpec:
+        """A forced snapshot on deep chains also copies the backing's snapshots out.
+
+        When the instance's deepest chain has ``copy_depth`` deltas or more
+        and compaction could not shorten it (snapshots hold its files), the
+        snapshot relocates the backing so that its snapshots, the new one
+        included, hold copies (:mod:`vmdk_snap.workflows.copy_out`); compaction
+        follows once no backing's snapshot holds the instance's files.
+        """
+        disk = state.volume_disk
+        if spec.kind != "snapshot_attached" or not self.auto_compact or disk is None:
+            return spec
+        depth = chain_headroom(state).depth
+        if depth < self.copy_depth:
+            return spec
+        backing = state.backing
+        if backing.host is None:
+            return spec
+        datastores = self.ops.get_host(backing.host).datastores
+        shared = self.ops.shared_datastores([d.ref for d in datastores])
+        target = copy_target(backing, set(disk.chain), datastores, shared, self.copy_to)
+        if isinstance(target, str):
+            note = f"the chains are {depth} deltas deep, but not copying snapshots out: {target}"
+            return replace(spec, notes=(*spec.notes, note))
+        names = tuple(n.name for n in backing.all_snapshots())
+        params = {**spec.params, "copy": copy_params(disk.chain, names, target)}
+        return replace(spec, params=params)
 
     def _made(self, ctx: OpsContext, state: VolumeState, name: str, quiesce: bool) -> SnapshotNode:
         """The snapshot a finished workflow made, read back if vCenter answers.
@@ -401,6 +460,15 @@ class Driver:
             return False
         check_status(state)
         spec = self.strategies[state.status].delete(state, node)
+        inst = state.instance
+        if inst is not None and self._may_hold_copies(state) and not spec.params.get("consolidate"):
+            copies = copies_merge_safely(self.ops, state.backing, inst, node.ref)
+            if copies is not None:
+                # A snapshot copied out of the instance's chains merges as
+                # on a detached volume; what nothing uses then is deleted.
+                params = {**spec.params, "consolidate": True, "cleanup": list(copies)}
+                note = f"snapshot {name} holds copies, outside the instance's chains: merged"
+                spec = replace(spec, params=params, notes=(note,))
         for note in spec.notes:
             log.info("%s", note)
         self._run(volume.id, spec, None, state.instance)
@@ -408,6 +476,18 @@ class Driver:
             # The last snapshot holding the instance's files may be gone now.
             self._compact_after(volume, f"deleting snapshot {name}")
         return True
+
+    @staticmethod
+    def _may_hold_copies(state: VolumeState) -> bool:
+        """Whether an attached volume's snapshots may be copies (costs no read).
+
+        Copies are made on a datastore that holds none of the instance's
+        files of the volume, and the backing's home moves there with them.
+        """
+        if state.instance is None or state.volume_disk is None:
+            return False
+        home = datastore_of(state.backing.vm_path_name)
+        return home not in {datastore_of(p) for p in state.volume_disk.chain}
 
     # -- compaction (vmdk_snap.workflows.compaction) ------------------------------
 

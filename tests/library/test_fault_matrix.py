@@ -269,6 +269,69 @@ def _compact(vc: Target, ops: Any, driver: Driver) -> Case:
     return Case(seeded, lambda d: d.compact(volume), morefs, done)
 
 
+def _copying(driver: Driver) -> Driver:
+    """The same journal, copying snapshots out at any depth."""
+    return Driver(driver.ops, journal=driver.journal, lock_dir=driver.lock_dir, copy_depth=1)
+
+
+def _forced_with_copy(vc: Target, ops: Any, driver: Driver) -> Case:
+    # A retained snapshot holds the instance's files; the next forced
+    # snapshot copies both out, then compaction merges the instance.
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    key = volume_disk_key(ops, vol, inst["moref"])
+    kept = driver.create_snapshot(volume, "snap-keep", force=True)
+    bkey = _backing_key(ops, vol["moref"])
+    kept_tokens = vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"]
+    vc.ctl.write(inst["moref"], key, "after-keep")
+    tokens = _tokens(vc, inst["moref"], key)
+
+    def done() -> None:
+        backing, instance = ops.get_vms([vm(vol["moref"]), vm(inst["moref"])])
+        for name, want in (("snap-keep", kept_tokens), ("snap-c", tokens)):
+            node = backing.snapshot_named(name)
+            assert node is not None, name
+            assert vc.ctl.read_snapshot(node.ref.value, bkey)["tokens"] == want, name
+        (bdisk,) = backing.disks
+        assert bdisk.path in {d.path for d in instance.disks}
+        assert _tokens(vc, inst["moref"], key) == tokens
+        assert_files_consistent(vc, seeded)
+
+    return Case(
+        seeded,
+        lambda d: _copying(d).create_snapshot(volume, "snap-c", force=True),
+        [inst["moref"], vol["moref"]],
+        done,
+    )
+
+
+def _delete_copied(vc: Target, ops: Any, driver: Driver) -> Case:
+    # The last snapshot held as copies: removing it merges nothing, and its
+    # files, which nothing uses then, are deleted.
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    driver.create_snapshot(volume, "snap-1", force=True)
+    _copying(driver).create_snapshot(volume, "snap-2", force=True)
+    driver.delete_snapshot(volume, "snap-1")
+    key = volume_disk_key(ops, vol, inst["moref"])
+    vc.ctl.write(inst["moref"], key, "after")
+    tokens = _tokens(vc, inst["moref"], key)
+
+    def done() -> None:
+        assert ops.get_vm(vm(vol["moref"])).snapshots == ()
+        assert _tokens(vc, inst["moref"], key) == tokens
+        assert_files_consistent(vc, seeded)  # no copy left behind
+
+    return Case(
+        seeded,
+        lambda d: d.delete_snapshot(volume, "snap-2"),
+        [inst["moref"], vol["moref"]],
+        done,
+    )
+
+
 WORKFLOWS: dict[str, Prepare] = {
     "forced-snapshot": _forced_snapshot("attached-volume"),
     "forced-snapshot-moved": _forced_snapshot("attached-volume-moved"),
@@ -278,6 +341,8 @@ WORKFLOWS: dict[str, Prepare] = {
     "revert": _revert,
     "consolidate": _consolidate,
     "compact": _compact,
+    "forced-snapshot-copy": _forced_with_copy,
+    "delete-copied": _delete_copied,
 }
 
 
@@ -352,6 +417,8 @@ PARTS = {
     "consolidate": 2,
     "compact": 2,
     "delete-attached": 3,
+    "forced-snapshot-copy": 4,
+    "delete-copied": 2,
 }
 
 

@@ -19,7 +19,9 @@ package main
 //     moves; its parents stay where they are.
 // A disk whose whole chain is already on its target datastore is not
 // copied. A target host that cannot see a datastore the VM would use is
-// refused with InvalidArgument, before anything changes.
+// refused with InvalidArgument, before anything changes. A copy whose name
+// is taken on the target gets a suffix (x_1.vmdk, x_1-000002.vmdk); a file
+// another running VM writes to (its current top) cannot be copied: FileLocked.
 
 import (
 	"fmt"
@@ -177,6 +179,7 @@ func (s *sim) planRelocation(vm *simulator.VirtualMachine, spec types.VirtualMac
 		}
 	}
 	dstUsed := map[string]string{}
+	idx := fileUsersIndex()
 	addMove := func(src, ds string) types.BaseMethodFault {
 		if _, done := plan.moved[src]; done {
 			return nil
@@ -186,11 +189,28 @@ func (s *sim) planRelocation(vm *simulator.VirtualMachine, spec types.VirtualMac
 		if dst == src {
 			return nil
 		}
-		if other, ok := dstUsed[dst]; ok && other != src {
-			return &types.FileAlreadyExists{FileFault: types.FileFault{File: dst}}
+		// A file another running VM writes to (the top of its current
+		// chain) is locked exclusively: it cannot be read for a copy.
+		for _, u := range idx[src] {
+			if u.VM != vm.Self && u.Snapshot == "" && u.Top && poweredOn(u.VM) {
+				return fileLocked(src, []fileUser{u})
+			}
 		}
-		if s.exists(dst) || s.exists(s.dataFileAt(src, dst)) {
-			return &types.FileAlreadyExists{FileFault: types.FileFault{File: dst}}
+		// A name taken on the target (by a file, or by another copy of
+		// this relocation) gets a suffix, as vCenter names copies: x_1.vmdk.
+		// A delta keeps its -NNNNNN ending (x_1-000002.vmdk).
+		stem, tail := strings.TrimSuffix(dst, ".vmdk"), ".vmdk"
+		if isDelta(dst) {
+			i := strings.LastIndex(stem, "-")
+			stem, tail = stem[:i], stem[i:]+".vmdk"
+		}
+		for n := 1; ; n++ {
+			other, planned := dstUsed[dst]
+			taken := (planned && other != src) || s.exists(dst) || s.exists(s.dataFileAt(src, dst))
+			if !taken {
+				break
+			}
+			dst = fmt.Sprintf("%s_%d%s", stem, n, tail)
 		}
 		dstUsed[dst] = src
 		plan.moved[src] = dst

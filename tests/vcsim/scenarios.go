@@ -247,8 +247,18 @@ func (s *sim) createInventory(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			if _, err := dss.CreateLocalDatastore(ctx, m.name, dir); err != nil {
+			ds, err := dss.CreateLocalDatastore(ctx, m.name, dir)
+			if err != nil {
 				return fmt.Errorf("datastore %s on %s: %w", m.name, h.Name(), err)
+			}
+			// vCenter reports whether more than one host mounts it, and
+			// its free space (a fixed 1 TiB here: sizes are not modelled).
+			if mo, ok := simulator.Map.Get(ds.Reference()).(*simulator.Datastore); ok {
+				shared := len(m.hosts) > 1
+				simulator.Map.WithLock(mo, func() {
+					mo.Summary.MultipleHostAccess = &shared
+					mo.Summary.FreeSpace = 1 << 40
+				})
 			}
 		}
 	}

@@ -15,6 +15,10 @@ attached volume", Work Flow 1)::
                                 the volume's current file is frozen, writes go to a new delta
       4. snapshot_backing       the backing's snapshot, named for the Cinder snapshot,
                                 holds the frozen file
+      4a. copy_snapshots_out    (when the chains are deep and the backing's snapshots hold
+                                the instance's files) relocate the backing: its snapshots'
+                                chains are copied to another datastore, keeping their deltas
+                                (vmdk_snap.workflows.copy_out); compaction can then merge
       5. hand_over_top          one ReconfigVM of the backing: destroy its fresh delta, attach
                                 the instance's new delta (backing and instance share it)
       6. disable_instance_consolidation  vSphere's Consolidate on the instance would
@@ -114,6 +118,7 @@ from vmdk_snap.workflows.consolidation import (
     consolidation_steps,
     delete_stale_copy,
 )
+from vmdk_snap.workflows.copy_out import copy_snapshots_out, delete_unused_copies
 from vmdk_snap.workflows.engine import Step
 from vmdk_snap.workflows.snapshot_steps import (
     disable_instance_consolidation,
@@ -189,6 +194,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Step[OpsContext]]]] = {
         *consolidation_steps(p),
         snapshot_instance(),
         snapshot_backing(attached=True),
+        *([copy_snapshots_out()] if p.get("copy") else []),
         hand_over_top(),
         disable_instance_consolidation(),
         remove_instance_snapshot(),
@@ -200,7 +206,10 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Step[OpsContext]]]] = {
         *consolidation_steps(p),
         *([delete_stale_copy()] if p.get("stale") else []),
     ],
-    "delete": lambda p: [remove_backing_snapshot()],
+    "delete": lambda p: [
+        remove_backing_snapshot(),
+        *([delete_unused_copies()] if p.get("cleanup") else []),
+    ],
     # Leftover temporary snapshots (vmdk_snap.workflows.leftovers).
     "release_temporary": lambda p: [release_temporary()],
     "discard_temporary": lambda p: [discard_temporary()],

@@ -305,6 +305,15 @@ class VolumeOps:
             datastores=tuple(datastores),
         )
 
+    def shared_datastores(self, datastores: Sequence[Moref]) -> set[Moref]:
+        """Of ``datastores``, those more than one host mounts (one read)."""
+        found = retrieve(
+            self.session,
+            [Obj(self.session.mo(d)) for d in datastores],
+            {vim.Datastore: ["summary.multipleHostAccess"]},
+        )
+        return {f.ref for f in found if f.props.get("summary.multipleHostAccess")}
+
     def datastore_named(self, name: str) -> Moref:
         """A datastore by name (read once per VolumeOps)."""
         return self._datastore_and_datacenter(name)[0]
