@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from vmdk_snap.errors import InvalidInput, InvalidState, NotFound, VmdkSnapError
+from vmdk_snap.errors import InvalidInput, InvalidState, VmdkSnapError
 from vmdk_snap.types import DiskLocator, datastore_of
 from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows.engine import Changes, Step
 from vmdk_snap.workflows.stepctx import (
     OpsContext,
+    delete_disk_files,
     disk_of,
     only_disk,
     ref_of,
@@ -196,15 +197,7 @@ def delete_stale_copy() -> Step[OpsContext]:
         return "delete the old copy, which no VM uses any more: " + ", ".join(ctx.params["stale"])
 
     def do(ctx: OpsContext) -> Changes:
-        deleted = []
-        for path in ctx.params["stale"]:
-            try:
-                ctx.run(ctx.ops.start_delete_disk_file(path))
-            except NotFound as exc:
-                # Expected when recovery runs the step again; otherwise worth a look.
-                log.warning("could not delete stale copy %s (already gone?): %s", path, exc)
-            deleted.append(path)
-        return {"deleted": deleted}
+        return {"deleted": delete_disk_files(ctx, ctx.params["stale"])}
 
     def check(ctx: OpsContext) -> Changes | None:
         # Whether the files are gone is not in any VM's state; deleting again

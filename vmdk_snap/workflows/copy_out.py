@@ -33,11 +33,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from vmdk_snap.errors import NotFound
 from vmdk_snap.types import DatastoreInfo, Moref, VmInfo, datastore_of
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.workflows.engine import Changes, Step
-from vmdk_snap.workflows.stepctx import OpsContext, ref_json, ref_of
+from vmdk_snap.workflows.stepctx import OpsContext, delete_disk_files, ref_json, ref_of
 
 __all__ = [
     "copies_merge_safely",
@@ -110,12 +109,19 @@ def copy_params(
     }
 
 
-def _still_held(ctx: OpsContext) -> set[str]:
-    """The instance's files the backing's snapshots still hold (two reads)."""
+def _backing_files(ctx: OpsContext, *, current: bool) -> set[str]:
+    """Every file the backing's snapshots (and, if ``current``, its disk) use: two reads."""
     backing = ctx.read("backing")
     snaps = ctx.ops.snapshots_disks([n.ref for n in backing.all_snapshots()])
-    held = set(ctx.params["copy"]["held"])
-    return {p for disks in snaps.values() for d in disks for p in d.chain} & held
+    disks = [d for found in snaps.values() for d in found]
+    if current:
+        disks += backing.disks
+    return {p for d in disks for p in d.chain}
+
+
+def _still_held(ctx: OpsContext) -> set[str]:
+    """The instance's files the backing's snapshots still hold."""
+    return _backing_files(ctx, current=False) & set(ctx.params["copy"]["held"])
 
 
 def copy_snapshots_out() -> Step[OpsContext]:
@@ -187,23 +193,14 @@ def delete_unused_copies() -> Step[OpsContext]:
         )
 
     def do(ctx: OpsContext) -> Changes:
-        backing = ctx.read("backing")
-        snaps = ctx.ops.snapshots_disks([n.ref for n in backing.all_snapshots()])
-        used = {p for disks in snaps.values() for d in disks for p in d.chain}
-        used |= {p for d in backing.disks for p in d.chain}
+        used = _backing_files(ctx, current=True)
         left = [p for p in ctx.params["cleanup"] if p not in used]
         others = set(ctx.ops.find_vms_using(left)) if left else set()
         if others:
             log.info("files of %s are used by %s: kept", ctx.params["name"], sorted(others))
             return {"deleted": []}
-        deleted = []
-        for path in left:  # top first: no parent goes before its child
-            try:
-                ctx.run(ctx.ops.start_delete_disk_file(path))
-            except NotFound as exc:
-                log.info("%s is gone already: %s", path, exc)
-            deleted.append(path)
-        return {"deleted": deleted}
+        # Top first (the order of the snapshot's chain): no parent before its child.
+        return {"deleted": delete_disk_files(ctx, left)}
 
     def check(ctx: OpsContext) -> Changes | None:
         # Whether files exist is not in any VM's state; deleting again is

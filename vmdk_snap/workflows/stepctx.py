@@ -21,6 +21,7 @@ from vmdk_snap.workflows.engine import Context
 __all__ = [
     "OTHER_BACKINGS_STEPS",
     "OpsContext",
+    "delete_disk_files",
     "directory",
     "disk_json",
     "disk_of",
@@ -218,3 +219,17 @@ def replace_disk(
             vm, remove=[(current, destroy_current)], add=[spec_for(current, path)]
         )
     )
+
+
+def delete_disk_files(ctx: OpsContext, paths: Sequence[str]) -> list[str]:
+    """Delete each VMDK in order (one task each); a file already gone is only logged.
+
+    Deleting again is harmless, so a step built on it can simply be run
+    again by ``recover``.
+    """
+    for path in paths:
+        try:
+            ctx.run(ctx.ops.start_delete_disk_file(path))
+        except NotFound as exc:
+            log.warning("could not delete %s (already gone?): %s", path, exc)
+    return list(paths)
