@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import Target
+from tests.vsphere import connect, task_ok
+from tests.vsphere import moref as mo
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.types import Moref, SnapshotNode, datastore_of
 from vmdk_snap.vsphere.volumeops.lookups import tasks_in_flight
@@ -248,3 +250,19 @@ def calls_made(vc: Target, ops: Any) -> Iterator[list[str]]:
     finally:
         del session._count
     assert sum(vc.ctl.calls().values()) - before == len(seen)
+
+
+@contextmanager
+def powered_off(vc: Target, moref: str) -> Iterator[None]:
+    """The VM powered off for the block, on again after (plain pyVmomi).
+
+    A running VM locks the file it writes to: a snapshot of a backing that
+    shares that file is possible only while the instance is off.
+    """
+    with connect(vc) as si:
+        task_ok(si, mo(si, "VirtualMachine", moref).PowerOffVM_Task())
+    try:
+        yield
+    finally:
+        with connect(vc) as si:
+            task_ok(si, mo(si, "VirtualMachine", moref).PowerOnVM_Task())

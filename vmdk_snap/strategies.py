@@ -199,6 +199,9 @@ class AttachedStrategy:
             instance_top=disk.path,
             frozen=disk.path,
             swap=state.duplicated,
+            # vSphere refuses to detach a disk that the VM's snapshots hold:
+            # with snapshots the swap goes through a temporary one.
+            hold=state.duplicated and bool(backing.snapshots),
             stale=list(state.stale_files),
             relocate=None,
             origin={

@@ -188,3 +188,36 @@ def test_other_shared_volume_follows_the_instance_delta(
     assert "after-a-snapshot" in tokens
     assert snapshot_trees(ops, vol_b["moref"]) == [()]
     assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_other_volume_with_snapshots_follows_through_a_temporary_snapshot(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    # vSphere refuses to detach a disk whose chain a snapshot of its VM holds:
+    # the other volume's backing, whose retained snapshot holds the file it
+    # is on, follows the instance's new delta through a temporary snapshot.
+    driver = make_driver(ops, tmp_path)
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    inst = seeded["instances"][0]
+    vol_a, vol_b = seeded["volumes"]
+    key_b = volume_disk_key(ops, vol_b, inst["moref"])
+    kept = driver.create_snapshot(Volume(vol_b["id"], "in-use", inst["uuid"]), "b-1", force=True)
+    (bkey,) = [d.key for d in ops.get_vm(vm(vol_b["moref"])).disks]
+    kept_tokens = vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"]
+    vc.ctl.write(inst["moref"], key_b, "before-a")
+    vc.ctl.reset_calls()
+    driver.create_snapshot(Volume(vol_a["id"], "in-use", inst["uuid"]), "a-1", force=True)
+    calls = vc.ctl.calls()
+    vc.ctl.write(inst["moref"], key_b, "after-a")
+    backing_b, instance = ops.get_vms([vm(vol_b["moref"]), vm(inst["moref"])])
+    (bdisk,) = backing_b.disks
+    assert bdisk.path == instance.disk_by_uuid(bdisk.uuid).path  # it follows
+    assert [n.name for n in backing_b.all_snapshots()] == ["b-1"]  # no temporary one left
+    assert vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"] == kept_tokens
+    assert vc.ctl.read_disk(vol_b["moref"], bkey)["tokens"][-2:] == ["before-a", "after-a"]
+    # Created: the instance's temporary snapshot, a-1, b's temporary one;
+    # removed: the instance's and b's temporary ones.
+    assert calls["CreateSnapshot_Task"] == 3
+    assert calls["RemoveSnapshot_Task"] == 2
+    assert_files_consistent(vc, seeded)

@@ -332,6 +332,73 @@ def _delete_copied(vc: Target, ops: Any, driver: Driver) -> Case:
     )
 
 
+def _forced_moved_kept(vc: Target, ops: Any, driver: Driver) -> Case:
+    # Work Flow 2 on a backing with a retained snapshot: its stale disk is
+    # swapped through a temporary snapshot (vSphere refuses a plain detach).
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    key = volume_disk_key(ops, vol, inst["moref"])
+    kept = driver.create_snapshot(volume, "snap-keep", force=True)
+    bkey = _backing_key(ops, vol["moref"])
+    kept_tokens = vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"]
+    ops.relocate(vm(inst["moref"]), datastore=ops.datastore_named("ds-shared-2"))
+    vc.ctl.write(inst["moref"], key, "moved")
+    tokens = _tokens(vc, inst["moref"], key)
+
+    def done() -> None:
+        backing, instance = ops.get_vms([vm(vol["moref"]), vm(inst["moref"])])
+        assert [n.name for n in backing.all_snapshots()] == ["snap-keep", "snap-f"]
+        assert vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"] == kept_tokens
+        node = backing.snapshot_named("snap-f")
+        assert node is not None
+        assert vc.ctl.read_snapshot(node.ref.value, bkey)["tokens"] == tokens
+        (bdisk,) = backing.disks
+        assert bdisk.path in {d.path for d in instance.disks}
+        assert _tokens(vc, inst["moref"], key) == tokens
+        assert_files_consistent(vc, seeded)
+
+    return Case(
+        seeded,
+        lambda d: d.create_snapshot(volume, "snap-f", force=True),
+        [inst["moref"], vol["moref"]],
+        done,
+    )
+
+
+def _follow_kept(vc: Target, ops: Any, driver: Driver) -> Case:
+    # The other volume's backing has a retained snapshot holding the file it
+    # is on: it follows the instance's new delta through a temporary snapshot.
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    inst = seeded["instances"][0]
+    vol_a, vol_b = seeded["volumes"]
+    vol_b_in_use = Volume(vol_b["id"], "in-use", inst["uuid"])
+    kept = driver.create_snapshot(vol_b_in_use, "b-keep", force=True)
+    bkey = _backing_key(ops, vol_b["moref"])
+    kept_tokens = vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"]
+    key_b = volume_disk_key(ops, vol_b, inst["moref"])
+    vc.ctl.write(inst["moref"], key_b, "b-after")
+    tokens_b = _tokens(vc, inst["moref"], key_b)
+    volume = Volume(vol_a["id"], "in-use", inst["uuid"])
+
+    def done() -> None:
+        backing_b, instance = ops.get_vms([vm(vol_b["moref"]), vm(inst["moref"])])
+        assert [n.name for n in backing_b.all_snapshots()] == ["b-keep"]
+        assert vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"] == kept_tokens
+        (bdisk,) = backing_b.disks
+        assert bdisk.path == next(d.path for d in instance.disks if d.key == key_b)
+        assert _tokens(vc, vol_b["moref"], bkey) == tokens_b
+        assert _snapshot_of(ops, vol_a["moref"], "snap-f") is not None
+        assert_files_consistent(vc, seeded)
+
+    return Case(
+        seeded,
+        lambda d: d.create_snapshot(volume, "snap-f", force=True),
+        [inst["moref"], vol_a["moref"], vol_b["moref"]],
+        done,
+    )
+
+
 WORKFLOWS: dict[str, Prepare] = {
     "forced-snapshot": _forced_snapshot("attached-volume"),
     "forced-snapshot-moved": _forced_snapshot("attached-volume-moved"),
@@ -343,6 +410,8 @@ WORKFLOWS: dict[str, Prepare] = {
     "compact": _compact,
     "forced-snapshot-copy": _forced_with_copy,
     "delete-copied": _delete_copied,
+    "forced-snapshot-moved-kept": _forced_moved_kept,
+    "follow-kept": _follow_kept,
 }
 
 
@@ -419,6 +488,8 @@ PARTS = {
     "delete-attached": 3,
     "forced-snapshot-copy": 4,
     "delete-copied": 2,
+    "forced-snapshot-moved-kept": 4,
+    "follow-kept": 3,
 }
 
 

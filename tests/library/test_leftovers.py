@@ -27,7 +27,7 @@ from tests.workflow_checks import (
 )
 from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.workflows import journal as jn
-from vmdk_snap.workflows.engine import RollbackFailed
+from vmdk_snap.workflows.engine import Incomplete
 from vmdk_snap.workflows.locks import VolumeLock
 from vmdk_snap.workflows.table import temp_snapshot_name
 
@@ -37,19 +37,17 @@ def _stopped_before_the_temporary_snapshot_is_removed(
 ) -> tuple[dict[str, Any], list[str]]:
     """A forced snapshot stopped after its hand-over: the volume snapshot is complete.
 
-    Its removal of the temporary snapshot fails, and so does the first undo
-    of the rollback (the hand-over's ReconfigVM): the workflow stops with the
-    backing's snapshot made and on the instance's current file.
+    Its removal of the temporary snapshot fails after the point of no return
+    (the hand-over): the workflow stops, left for recover, with the backing's
+    snapshot made and on the instance's current file.
     """
     seeded = vc.ctl.scenario("attached-volume")
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
     key = volume_disk_key(ops, vol, inst["moref"])
     tokens = list(vc.ctl.read_disk(inst["moref"], key)["tokens"])
-    # The instance's RemoveSnapshot_Task is the workflow's only one; the
-    # second ReconfigVM_Task is the hand-over's undo.
+    # The instance's RemoveSnapshot_Task is the workflow's only one.
     vc.ctl.inject_fault("RemoveSnapshot_Task", "task", "FileLocked")
-    vc.ctl.inject_fault("ReconfigVM_Task", "task", "FileLocked", skip=1)
-    with pytest.raises(RollbackFailed):
+    with pytest.raises(Incomplete):
         driver.create_snapshot(Volume(vol["id"], "in-use", inst["uuid"]), "snap-1", force=True)
     vc.ctl.clear_faults()
     (inst_tree,) = snapshot_trees(ops, inst["moref"])

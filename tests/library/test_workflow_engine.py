@@ -198,6 +198,11 @@ def test_snapshot_names_are_validated_and_temporary_names_fit() -> None:
     for bad in ['a"b', "a'b", "<b>", "a>b", "snäp", "a b", "x" * 81, ""]:
         with pytest.raises(InvalidInput, match="ASCII letters, digits"):
             validate_snapshot_name(bad)
+    # The temporary snapshots' names are kept for them (a leftover is found by name).
+    for reserved in ["vmdk-snap-hold", "vmdk-snap-tmp-x", "vmdk-snap-"]:
+        with pytest.raises(InvalidInput, match="temporary snapshots"):
+            validate_snapshot_name(reserved)
+    assert validate_snapshot_name("vmdk-snapshot-1") == "vmdk-snapshot-1"
     vol = "2694e50a-c604-59cf-a7fb-eb0bb14d4667"
     assert temp_snapshot_name(vol, "s1") == f"vmdk-snap-tmp-{vol}-s1"
     # One per volume: two volumes of an instance never share a temporary name.

@@ -25,6 +25,7 @@ from tests.workflow_checks import (
     assert_files_consistent,
     assert_nothing_running,
     make_driver,
+    powered_off,
     snapshot_trees,
     vm,
     volume_disk_key,
@@ -49,7 +50,7 @@ STEPS: dict[str, tuple[str, str | None, int]] = {
     "remove_instance_snapshot": ("RemoveSnapshot_Task", None, 0),
     "delete_stale_copy": ("DeleteVirtualDisk_Task", None, 0),
 }
-STEPS_BEFORE_COMMIT = 6  # up to remove_instance_snapshot, the point of no return
+STEPS_BEFORE_COMMIT = 5  # up to hand_over_top, the point of no return
 
 
 def _seed(vc: Target, ops: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], World]:
@@ -101,7 +102,7 @@ def test_failure_at_each_step_is_rolled_back_exactly(
     assert failed.error is not None
     assert "FileLocked" in failed.error
 
-    if step == "delete_stale_copy":
+    if step in ("remove_instance_snapshot", "delete_stale_copy"):
         # After the point of no return: the snapshot stands, recover finishes.
         assert isinstance(info.value, Incomplete)
         assert record.state == jn.RUNNING
@@ -109,6 +110,8 @@ def test_failure_at_each_step_is_rolled_back_exactly(
         (result,) = driver.recover()
         assert result.outcome == "finished"
         assert vol["vmdk"] not in vc.ctl.files("ds-shared-1")
+        assert snapshot_trees(ops, inst["moref"]) == before.trees[:1]
+        assert snapshot_trees(ops, vol["moref"]) == [(("snapshot-1", ()),)]
         assert_files_consistent(vc, seeded)
         return
     assert record.state == jn.ROLLED_BACK
@@ -243,7 +246,9 @@ def _recover_and_check(
     time.sleep(1.6)
     assert result.workflow_id == interrupted.id
     assert driver.journal.unfinished() == []
-    if step in ("remove_instance_snapshot", "delete_stale_copy"):
+    if step in ("hand_over_top", "remove_instance_snapshot", "delete_stale_copy"):
+        # The hand-over's task ran to its end (recover waited for it): past
+        # the point of no return, the workflow is finished.
         assert result.outcome == "finished"
         backing = ops.get_vm(vm(vol["moref"]))
         snap = backing.snapshot_named("snapshot-1")
@@ -404,14 +409,24 @@ def test_rollback_keeps_the_instance_delta_when_a_backing_snapshot_holds_its_fil
     seeded = vc.ctl.scenario("attached-volume")
     inst, vol = seeded["instances"][0], seeded["volumes"][0]
     key = volume_disk_key(ops, vol, inst["moref"])
-    by_hand = ops.create_snapshot(vm(vol["moref"]), "by-hand")  # holds the instance's file
+    with powered_off(vc, inst["moref"]):  # running, the instance locks its file
+        by_hand = ops.create_snapshot(vm(vol["moref"]), "by-hand")  # holds the instance's file
     bkey = ops.get_vm(vm(vol["moref"])).disks[0].key
     frozen = vc.ctl.read_snapshot(by_hand.value, bkey)
     assert frozen["chain"] == [vol["vmdk"]]
     instance_before = vc.ctl.read_disk(inst["moref"], key)
 
     match = f">{vol['moref']}<"
-    _forced_failing(vc, ops, tmp_path, inst, vol, method="CreateSnapshot_Task", match=match)
+    # The backing's disk is now its own delta: the workflow first gives it the
+    # instance's file through a temporary snapshot (hold_old_disk, the
+    # backing's first CreateSnapshot_Task); its own snapshot is the second.
+    record = _forced_failing(
+        vc, ops, tmp_path, inst, vol, method="CreateSnapshot_Task", match=match, skip=1
+    )
+    failed = record.step("snapshot_backing")
+    assert failed is not None
+    assert failed.error is not None
+    assert "FileLocked" in failed.error
     assert "a snapshot or a deeper chain holds " + vol["vmdk"] in caplog.text
     after = vc.ctl.read_disk(inst["moref"], key)
     assert after["tokens"] == instance_before["tokens"]
@@ -444,16 +459,15 @@ def test_rollback_merges_back_after_earlier_forced_snapshots(
     assert_files_consistent(vc, seeded)
 
 
-# Steps before the point of no return (and the one that is it), per scenario
-# with two volumes: Work Flow 2 consolidates first; with no storage vMotion
-# the other volume shares the instance's file and follows it.
+# Steps up to the point of no return (a failure of its own call is rolled
+# back), per scenario with two volumes: Work Flow 2 consolidates first; with
+# no storage vMotion the other volume shares the instance's file.
 TWO_VOLUME_STEPS = [("workflow2", step) for step in list(STEPS)[:STEPS_BEFORE_COMMIT]] + [
     ("instance-two-volumes", step)
     for step in (
         "snapshot_instance",
         "snapshot_backing",
         "hand_over_top",
-        "remove_instance_snapshot",
     )
 ]
 
@@ -487,7 +501,6 @@ UNDOS: dict[str, tuple[str, str]] = {
     "swap_backing_disk": ("snapshot_instance", "ReconfigVM_Task"),
     "snapshot_instance": ("snapshot_backing", "RemoveSnapshot_Task"),
     "snapshot_backing": ("hand_over_top", "ReconfigVM_Task"),
-    "hand_over_top": ("remove_instance_snapshot", "ReconfigVM_Task"),
 }
 
 
@@ -750,7 +763,8 @@ def test_rollback_sees_a_volume_attached_without_novas_key(
     key_b = volume_disk_key(ops, vol_b, inst["moref"])
     ops.set_extra_config(vm(inst["moref"]), {f"volume-{vol_b['id']}": ""})  # "" removes it
     assert f"volume-{vol_b['id']}" not in ops.get_vm(vm(inst["moref"])).volume_keys
-    by_hand = ops.create_snapshot(vm(vol_b["moref"]), "by-hand")
+    with powered_off(vc, inst["moref"]):  # running, the instance locks its file
+        by_hand = ops.create_snapshot(vm(vol_b["moref"]), "by-hand")
     bkey = ops.get_vm(vm(vol_b["moref"])).disks[0].key
     frozen = vc.ctl.read_snapshot(by_hand.value, bkey)
     assert frozen["chain"] == [vol_b["vmdk"]]

@@ -27,6 +27,7 @@ from tests.vsphere import (
     virtual_disks,
     watch_task,
 )
+from tests.workflow_checks import powered_off
 from vmdk_snap.testing import Simulator
 
 
@@ -388,11 +389,12 @@ def test_merge_into_a_file_a_powered_off_vm_uses_goes_ahead(vc: Target) -> None:
 def test_merge_into_a_file_a_running_vm_has_open_is_file_locked(vc: Target) -> None:
     """The backing's delta cannot be merged into the volume's VMDK while the
     running instance has that file open: FileLocked, nothing changed."""
-    _inst, vol = _attached(vc)
+    inst, vol = _attached(vc)
     seed = _seed(vol)
     with connect(vc) as si:
         backing = _vm(si, vol["moref"])
-        snap = _snapshot(si, backing, "s1")
+        with powered_off(vc, inst["moref"]):  # running, it locks the file it writes
+            snap = _snapshot(si, backing, "s1")
         key = virtual_disks(si, backing)[0].key
         vc.ctl.write(vol["moref"], key, "b1")
         chain = _chain(virtual_disks(si, backing)[0].backing)
@@ -417,10 +419,11 @@ def test_merge_into_a_file_a_running_vm_has_open_is_file_locked(vc: Target) -> N
 def test_consolidate_vm_disks_refuses_to_merge_into_a_file_a_running_vm_has_open(
     vc: Target,
 ) -> None:
-    _inst, vol = _attached(vc)
+    inst, vol = _attached(vc)
     with connect(vc) as si:
         backing = _vm(si, vol["moref"])
-        snap = _snapshot(si, backing, "s1")
+        with powered_off(vc, inst["moref"]):  # running, it locks the file it writes
+            snap = _snapshot(si, backing, "s1")
         task_ok(si, snap.RemoveSnapshot_Task(removeChildren=False, consolidate=False))
         chain = _chain(virtual_disks(si, backing)[0].backing)
 
@@ -787,7 +790,9 @@ def test_blueprint_steps_by_hand_keep_the_volume_content_in_the_backing_snapshot
         old = virtual_disks(si, backing)[0]
         add = add_disk_change(old.controllerKey, inst_delta, unit=old.unitNumber)
         add.device.capacityInKB = old.capacityInKB
-        spec = vim.vm.ConfigSpec(deviceChange=[remove_disk_change(old), add])
+        # Its fresh delta is destroyed: a disk whose parent a snapshot of the
+        # VM holds cannot be detached.
+        spec = vim.vm.ConfigSpec(deviceChange=[remove_disk_change(old, "destroy"), add])
         task_ok(si, backing.ReconfigVM_Task(spec))
         task_ok(si, inst_snap.RemoveSnapshot_Task(removeChildren=False, consolidate=False))
 
@@ -878,25 +883,28 @@ def test_delete_virtual_disk_deletes_deltas_and_refuses_files_in_use(vc: Target)
     d1 = _delta(vmdk, 1)
     with connect(vc) as si:
         vm = _vm(si, vol["moref"])
-        _snapshot(si, vm, "s1")
+        s1 = _snapshot(si, vm, "s1")
         content = si.RetrieveContent()
         manager = content.virtualDiskManager
         datacenter = props(si, content.rootFolder, "childEntity")["childEntity"][0]
 
         fault = task_fault(si, manager.DeleteVirtualDisk_Task(d1, datacenter))
         assert isinstance(fault, vim.fault.FileLocked)
+        # The snapshot holds the base.
+        fault = task_fault(si, manager.DeleteVirtualDisk_Task(vmdk, datacenter))
+        assert isinstance(fault, vim.fault.FileLocked)
+        assert vmdk in vc.ctl.files("ds-shared-1")
 
+        # Without the snapshot (files kept) the disk can be detached, and
+        # its files deleted one by one.
+        task_ok(si, s1.RemoveSnapshot_Task(removeChildren=False, consolidate=False))
         disk = virtual_disks(si, vm)[0]
         task_ok(si, vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[remove_disk_change(disk)])))
         task_ok(si, manager.DeleteVirtualDisk_Task(d1, datacenter))
         files = vc.ctl.files("ds-shared-1")
         assert d1 not in files
         assert d1.replace(".vmdk", "-delta.vmdk") not in files
-
-        # The snapshot still holds the base.
-        fault = task_fault(si, manager.DeleteVirtualDisk_Task(vmdk, datacenter))
-        assert isinstance(fault, vim.fault.FileLocked)
-        assert vmdk in vc.ctl.files("ds-shared-1")
+        assert vmdk in files
 
         fault = task_fault(si, manager.DeleteVirtualDisk_Task(d1, datacenter))
         assert isinstance(fault, vim.fault.FileNotFound)

@@ -234,6 +234,43 @@ def test_destroy_keeps_parents_that_other_chains_use(vc: Target) -> None:
 
 
 @pytest.mark.cassette
+def test_detach_is_refused_while_a_snapshot_of_the_vm_holds_the_chain(vc: Target) -> None:
+    # vSphere: "Cannot remove virtual disk ... because it or one of its parent
+    # disks is part of a snapshot of the virtual machine" (model table).
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    with connect(vc) as si:
+        backing = _vm(si, vol["moref"])
+        task_ok(si, backing.CreateSnapshot_Task("s", "", False, False))
+        (disk,) = virtual_disks(si, backing)
+        fault = task_fault(si, _reconfigure(backing, remove_disk_change(disk)))
+        assert isinstance(fault, vim.fault.InvalidDeviceSpec)
+        (message,) = [m.message for m in fault.faultMessage]
+        assert "part of a snapshot of the virtual machine" in message
+        assert vol["vmdk"] in message  # the file the snapshot holds
+        # Nothing changed; once the snapshot is gone the detach is allowed.
+        assert [d.backing.fileName for d in virtual_disks(si, backing)] == [disk.backing.fileName]
+        (snap,) = props(si, backing, "snapshot")["snapshot"].rootSnapshotList
+        task_ok(si, snap.snapshot.RemoveSnapshot_Task(False, False))
+        task_ok(si, _reconfigure(backing, remove_disk_change(disk)))
+        assert virtual_disks(si, backing) == []
+    assert all(f in vc.ctl.files(DS) for f in _disk_files(vol["vmdk"]))
+
+
+@pytest.mark.cassette
+def test_a_snapshot_cannot_take_a_file_a_running_vm_writes(vc: Target) -> None:
+    # The instance writes to the volume's file (its top): the backing, which
+    # shares it, cannot make it a read-only parent.
+    vol = vc.ctl.scenario("attached-volume")["volumes"][0]
+    with connect(vc) as si:
+        backing = _vm(si, vol["moref"])
+        fault = task_fault(si, backing.CreateSnapshot_Task("s", "", False, False))
+        assert isinstance(fault, vim.fault.FileLocked)
+        assert fault.file == vol["vmdk"]
+        assert props(si, backing, "snapshot").get("snapshot") is None
+        assert [d.backing.fileName for d in virtual_disks(si, backing)] == [vol["vmdk"]]
+
+
+@pytest.mark.cassette
 def test_swap_in_one_spec_frees_and_reuses_a_unit(vc: Target) -> None:
     seeded = vc.ctl.scenario("attached-volume")
     inst, vol = seeded["instances"][0], seeded["volumes"][0]

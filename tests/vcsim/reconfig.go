@@ -7,7 +7,9 @@ package main
 //     rebuilt from them;
 //   - add with fileOperation=create makes a new base disk;
 //   - a controller unit already in use is refused (InvalidDeviceSpec);
-//   - remove with no fileOperation detaches and keeps the files;
+//   - remove with no fileOperation detaches and keeps the files, and is
+//     refused (InvalidDeviceSpec) when the disk's file or one of its parents
+//     is part of one of this VM's snapshots;
 //   - remove with fileOperation=destroy deletes the disk's files that no other
 //     chain uses, and is refused with FileLocked when another VM (or one of
 //     this VM's snapshots) uses the top file;
@@ -167,10 +169,16 @@ func (s *sim) planReconfig(vm *simulator.VirtualMachine, spec *types.VirtualMach
 			c := ctl.(types.BaseVirtualController).GetVirtualController()
 			c.Device = removeKey(c.Device, key)
 		}
+		chain := chainPaths(flatBacking(disk))
 		if ds.FileOperation != types.VirtualDeviceConfigSpecFileOperationDestroy {
+			if snap, held := ownSnapshotHolding(chain, vm.Self); snap != "" {
+				return nil, invalidDevice(i, fmt.Sprintf("Cannot remove virtual disk %s from the virtual "+
+					"machine because it or one of its parent disks is part of a snapshot of the virtual machine "+
+					"(%s holds %s); remove it with fileOperation=destroy or remove the snapshot first",
+					chain[0], snap, held))
+			}
 			continue
 		}
-		chain := chainPaths(flatBacking(disk))
 		if users := s.otherChainUsers(chain[0], vm.Self, key); len(users) > 0 {
 			return nil, fileLocked(chain[0], users)
 		}
@@ -207,6 +215,19 @@ func (s *sim) otherChainUsers(p string, vm types.ManagedObjectReference, key int
 		out = append(out, u)
 	}
 	return out
+}
+
+// ownSnapshotHolding names the VM's snapshot that uses a file of chain, and
+// that file ("", "" if none).
+func ownSnapshotHolding(chain []string, vm types.ManagedObjectReference) (string, string) {
+	for _, p := range chain {
+		for _, u := range fileUsers(p) {
+			if u.VM == vm && u.Snapshot != "" {
+				return u.Snapshot, p
+			}
+		}
+	}
+	return "", ""
 }
 
 func removeKey(keys []int32, key int32) []int32 {

@@ -69,6 +69,19 @@ func (s *sim) snapshotVM(vm *simulator.VirtualMachine, name, description string,
 			return none, f
 		}
 	}
+	// A snapshot makes the VM's disks read-only parents of new deltas: a
+	// file another running VM writes to (its current top) is locked.
+	for _, disk := range disksOf(vm.Config.Hardware.Device) {
+		b := flatBacking(disk)
+		if b == nil || independent(b) {
+			continue
+		}
+		for _, u := range fileUsers(b.FileName) {
+			if u.VM != vm.Self && u.Snapshot == "" && u.Top && poweredOn(u.VM) {
+				return none, fileLocked(b.FileName, []fileUser{u})
+			}
+		}
+	}
 	if quiesce && !toolsRunning(vm) {
 		f := &types.ToolsUnavailable{}
 		f.FaultMessage = []types.LocalizableMessage{{

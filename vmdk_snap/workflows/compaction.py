@@ -134,6 +134,19 @@ def plan_compaction(
     repoints = _repoints(instance, vms, set(backings), deltas, touched)
     if isinstance(repoints, str):
         return _refused(plan, repoints)
+    for vm, disk, _ in repoints:
+        # vSphere refuses to detach a disk whose chain one of the VM's
+        # snapshots holds, and this disk is the instance's current file
+        # (locked: no temporary snapshot of the backing can take it over).
+        for node in vm.all_snapshots():
+            held = {p for d in snaps.get(node.ref, ()) for p in d.chain} & set(disk.chain)
+            if held:
+                return _refused(
+                    plan,
+                    f"snapshot {node.name} of {vm.name} holds {min(held)}, below the delta the "
+                    f"backing would be moved off (vSphere refuses to detach a disk whose chain a "
+                    f"snapshot of its VM holds)",
+                )
     return CompactionPlan(instance, merges, tuple(repoints))
 
 

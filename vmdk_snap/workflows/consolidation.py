@@ -8,7 +8,13 @@ the instance's file:
 1. ``relocate_backing`` (only when host, pool or datastore differ): the
    backing's home moves, a disk locator keeping its old disk where it is;
 2. ``swap_backing_disk``: one ReconfigVM detaches the old disk (files kept,
-   so the step can be undone) and attaches the instance's current VMDK;
+   so the step can be undone) and attaches the instance's current VMDK.
+   vSphere refuses to detach a disk whose chain one of the VM's snapshots
+   holds, so a backing with snapshots gets there in three steps:
+   ``hold_old_disk`` (a temporary snapshot holds the old disk, the backing
+   gets a fresh delta of its own), ``swap_backing_disk`` (destroy that delta,
+   attach the instance's file: destroying is allowed) and
+   ``release_old_disk`` (remove the temporary snapshot, consolidate=False);
 3. ``delete_stale_copy``, last of the whole workflow: the old copy's files.
 """
 
@@ -22,13 +28,18 @@ from vmdk_snap.types import DiskLocator, datastore_of
 from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows.engine import Changes, Step
 from vmdk_snap.workflows.stepctx import (
+    HOLD_SNAPSHOT,
     OpsContext,
     delete_disk_files,
     disk_of,
+    drop_own_delta,
+    hold_disk,
     only_disk,
+    ref_json,
     ref_of,
-    set_backing_disk,
-    spec_for,
+    release_hold,
+    replace_disk,
+    repoint_backing_disk,
 )
 
 __all__ = [
@@ -72,9 +83,54 @@ def _names(ctx: OpsContext, where: dict[str, Any]) -> tuple[str, str]:
     return names.get(refs[0]) or _named(where, "host"), names.get(refs[1]) or _named(where, "pool")
 
 
-def swap_backing_disk() -> Step[OpsContext]:
+def hold_old_disk() -> Step[OpsContext]:
+    """With backing snapshots: a temporary snapshot holds the old disk (see swap_backing_disk)."""
+
     def describe(ctx: OpsContext) -> str:
         p = ctx.params
+        return (
+            f"temporary snapshot {HOLD_SNAPSHOT} of backing {p['backing_name']}: it holds "
+            f"{p['disk']['path']} and the backing gets a fresh delta of its own (vSphere refuses "
+            "to detach a disk whose chain one of the VM's snapshots holds)"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        return {"snapshot": ref_json(hold_disk(ctx, ctx.vm("backing")))}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        backing = ctx.read("backing")
+        node = backing.snapshot_named(HOLD_SNAPSHOT)
+        if node is not None:
+            release_hold(ctx, node.ref)
+        drop_own_delta(ctx, backing, ctx.params["disk"]["path"])
+
+    def check(ctx: OpsContext) -> Changes | None:
+        node = ctx.read("backing").snapshot_named(HOLD_SNAPSHOT)
+        return None if node is None else {"snapshot": ref_json(node.ref)}
+
+    return Step(
+        "hold_old_disk",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text=(
+            "remove the temporary snapshot (consolidate=False), then destroy the fresh delta "
+            "and re-attach the old disk"
+        ),
+    )
+
+
+def swap_backing_disk(*, held: bool = False) -> Step[OpsContext]:
+    """One ReconfigVM gives the backing the instance's file; ``held``: after hold_old_disk."""
+
+    def describe(ctx: OpsContext) -> str:
+        p = ctx.params
+        if held:
+            return (
+                f"backing {p['backing_name']}: destroy its fresh delta and attach the "
+                f"instance's current {p['instance_top']} ({p['disk']['path']} is kept)"
+            )
         return (
             f"backing {p['backing_name']}: detach {p['disk']['path']} (files kept) and attach "
             f"the instance's current {p['instance_top']}"
@@ -82,17 +138,21 @@ def swap_backing_disk() -> Step[OpsContext]:
 
     def do(ctx: OpsContext) -> Changes:
         old = disk_of(ctx.params["disk"])
-        ctx.run(
-            ctx.ops.start_reconfigure_disks(
-                ctx.vm("backing"),
-                remove=[(old, False)],
-                add=[spec_for(old, ctx.params["instance_top"])],
-            )
-        )
+        if held:
+            drop_own_delta(ctx, ctx.read("backing"), ctx.params["instance_top"])
+        else:
+            replace_disk(ctx, ctx.vm("backing"), old, ctx.params["instance_top"])
         return {"old": old.path, "new": ctx.params["instance_top"]}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
-        set_backing_disk(ctx, changes["old"])
+        # No snapshot holds the instance's file: detaching it is allowed once
+        # the temporary one is gone. Then the old disk is attached again.
+        backing = ctx.read("backing")
+        node = backing.snapshot_named(HOLD_SNAPSHOT)
+        if node is not None:
+            release_hold(ctx, node.ref)
+            backing = ctx.read("backing")
+        repoint_backing_disk(ctx, backing, changes["old"])
 
     def check(ctx: OpsContext) -> Changes | None:
         disk = only_disk(ctx.read("backing"))
@@ -107,6 +167,40 @@ def swap_backing_disk() -> Step[OpsContext]:
         undo,
         check,
         undo_text="re-attach the old disk in place of the instance's file (files were kept)",
+    )
+
+
+def release_old_disk() -> Step[OpsContext]:
+    """Remove hold_old_disk's temporary snapshot: nothing merged, the old disk's files kept."""
+
+    def describe(ctx: OpsContext) -> str:
+        return (
+            f"remove the temporary snapshot {HOLD_SNAPSHOT} of backing "
+            f"{ctx.params['backing_name']} (consolidate=False: nothing merged, files kept)"
+        )
+
+    def do(ctx: OpsContext) -> Changes:
+        node = ctx.read("backing").snapshot_named(HOLD_SNAPSHOT)
+        if node is not None:
+            release_hold(ctx, node.ref)
+        return {"released": True}
+
+    def undo(ctx: OpsContext, changes: Changes) -> None:
+        # swap_backing_disk's undo needs no temporary snapshot (no snapshot
+        # holds the instance's file), and hold_old_disk's finds none to remove.
+        return None
+
+    def check(ctx: OpsContext) -> Changes | None:
+        node = ctx.read("backing").snapshot_named(HOLD_SNAPSHOT)
+        return {"released": True} if node is None else None
+
+    return Step(
+        "release_old_disk",
+        describe,
+        do,
+        undo,
+        check,
+        undo_text="nothing to undo: the steps before it are undone without the temporary snapshot",
     )
 
 
@@ -227,6 +321,8 @@ def consolidation_steps(params: dict[str, Any]) -> list[Step[OpsContext]]:
     steps: list[Step[OpsContext]] = []
     if params.get("relocate") is not None:
         steps.append(relocate_backing())
-    if params.get("swap"):
+    if params.get("swap") and params.get("hold"):
+        steps += [hold_old_disk(), swap_backing_disk(held=True), release_old_disk()]
+    elif params.get("swap"):
         steps.append(swap_backing_disk())
     return steps

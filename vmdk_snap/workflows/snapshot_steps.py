@@ -17,12 +17,13 @@ from vmdk_snap.types import Disk, Moref, VmInfo
 from vmdk_snap.workflows.engine import Changes, Step
 from vmdk_snap.workflows.merge_guard import merge_refusal, sharing_vms, snapshots_to_read
 from vmdk_snap.workflows.stepctx import (
+    HOLD_SNAPSHOT,
     OpsContext,
-    directory,
+    drop_own_delta,
     only_disk,
     ref_json,
     ref_of,
-    set_backing_disk,
+    repoint_backing_disk,
     spec_for,
 )
 
@@ -149,19 +150,12 @@ def snapshot_backing(*, attached: bool) -> Step[OpsContext]:
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
         # Give the backing back the file the snapshot holds (destroying its
-        # own fresh delta, keeping a file the instance uses), then removing the
-        # snapshot merges nothing.
+        # own fresh delta: allowed although the snapshot holds its parent),
+        # then removing the snapshot merges nothing. (The hand-over, which
+        # replaces that delta, is past the point of no return: this never
+        # finds the instance's file here.)
         backing = ctx.read("backing")
-        current = only_disk(backing)
-        if current.path != changes["base"]:
-            own = directory(current.path) == directory(backing.vm_path_name)
-            ctx.run(
-                ctx.ops.start_reconfigure_disks(
-                    backing.ref,
-                    remove=[(current, own)],
-                    add=[spec_for(current, changes["base"])],
-                )
-            )
+        drop_own_delta(ctx, backing, changes["base"])
         ctx.run(ctx.ops.start_remove_snapshot(ref_of(changes["snapshot"]), False, True))
 
     def check(ctx: OpsContext) -> Changes | None:
@@ -176,7 +170,7 @@ def snapshot_backing(*, attached: bool) -> Step[OpsContext]:
         do,
         undo,
         check,
-        undo_text="give the backing back the snapshot's file, then remove the snapshot",
+        undo_text="destroy the backing's fresh delta, give it back its file, remove the snapshot",
     )
 
 
@@ -207,10 +201,6 @@ def hand_over_top() -> Step[OpsContext]:
         )
         return {"destroyed": current.path, "top": disk.path}
 
-    def undo(ctx: OpsContext, changes: Changes) -> None:
-        # The instance keeps writing to the shared file: detach it, keep it.
-        set_backing_disk(ctx, ctx.params["frozen"])
-
     def check(ctx: OpsContext) -> Changes | None:
         backing, instance = ctx.ops.get_vms([ctx.vm("backing"), ctx.vm("instance")])
         disk = instance.disk_by_path(ctx.params["frozen"])
@@ -223,9 +213,14 @@ def hand_over_top() -> Step[OpsContext]:
         "hand_over_top",
         describe,
         do,
-        undo,
+        None,
         check,
-        undo_text="detach the instance's file from the backing (kept) and re-attach the frozen one",
+        undo_text=(
+            "none: the point of no return. The backing's snapshot holds the frozen file, a "
+            "parent of the instance's file it now has, and vSphere refuses to detach a disk "
+            "whose chain one of the VM's snapshots holds; its fresh delta is destroyed. What "
+            "is left (the instance's temporary snapshot) is finished forward by recover"
+        ),
     )
 
 
@@ -337,15 +332,30 @@ def _lagging_backings(ctx: OpsContext, instance: VmInfo) -> list[tuple[VmInfo, D
     return [
         (backing, disk)
         for backing, (_, disk) in zip(backings, candidates, strict=True)
-        if len(backing.disks) == 1 and backing.disks[0].path == disk.chain[1]
+        if len(backing.disks) == 1 and _lags(backing, backing.disks[0], disk)
     ]
+
+
+def _lags(backing: VmInfo, current: Disk, disk: Disk) -> bool:
+    """Whether the backing is on the parent of the instance's ``disk``, or on its way from it.
+
+    On its way: the temporary snapshot of :func:`repoint_backing_disk` is
+    there, and the backing is on its fresh delta over that parent, or already
+    on the instance's file (the snapshot is yet to be removed).
+    """
+    if current.path == disk.chain[1]:
+        return True
+    if backing.snapshot_named(HOLD_SNAPSHOT) is None:
+        return False
+    return current.path == disk.path or current.chain[1:2] == (disk.chain[1],)
 
 
 def follow_other_volumes() -> Step[OpsContext]:
     def describe(ctx: OpsContext) -> str:
         return (
             f"give every other volume of instance {ctx.params['instance_name']} that shared the "
-            "instance's file its new delta (one ReconfigVM per backing; old file kept)"
+            "instance's file its new delta (one ReconfigVM per backing, old file kept; a backing "
+            "whose snapshots hold that file goes through a temporary snapshot: three tasks)"
         )
 
     def do(ctx: OpsContext) -> Changes:
@@ -361,12 +371,7 @@ def follow_other_volumes() -> Step[OpsContext]:
             return {"followed": []}
         done = []
         for backing, disk in _lagging_backings(ctx, instance):
-            current = only_disk(backing)
-            ctx.run(
-                ctx.ops.start_reconfigure_disks(
-                    backing.ref, remove=[(current, False)], add=[spec_for(current, disk.path)]
-                )
-            )
+            repoint_backing_disk(ctx, backing, disk.path)
             done.append([backing.name, disk.path])
         return {"followed": done}
 

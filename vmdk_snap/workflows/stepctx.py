@@ -12,24 +12,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmdk_snap.errors import NotFound, TaskTimeout, VmdkSnapError
+from vmdk_snap.errors import InvalidState, NotFound, TaskTimeout, VmdkSnapError
 from vmdk_snap.types import Disk, DiskSpec, Moref, TaskRef, VmInfo
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.vsphere.volumeops.lookups import tasks_in_flight
 from vmdk_snap.workflows.engine import Context
 
 __all__ = [
+    "HOLD_SNAPSHOT",
     "OTHER_BACKINGS_STEPS",
     "OpsContext",
     "delete_disk_files",
     "directory",
     "disk_json",
     "disk_of",
+    "drop_own_delta",
+    "hold_disk",
     "only_disk",
     "ref_json",
     "ref_of",
+    "release_hold",
     "replace_disk",
-    "set_backing_disk",
+    "repoint_backing_disk",
     "spec_for",
 ]
 
@@ -38,6 +42,10 @@ log = logging.getLogger(__name__)
 # Steps that reconfigure VMs besides the workflow's backing and instance: the
 # backings of the instance's other volumes (snapshot_steps.follow_other_volumes).
 OTHER_BACKINGS_STEPS = frozenset({"follow_other_volumes"})
+
+# The temporary snapshot that lets a VM's disk be replaced while its own
+# snapshots hold the disk's chain (see :func:`repoint_backing_disk`).
+HOLD_SNAPSHOT = "vmdk-snap-hold"
 
 
 @dataclass
@@ -202,12 +210,6 @@ def spec_for(disk: Disk, path: str) -> DiskSpec:
     )
 
 
-def set_backing_disk(ctx: OpsContext, path: str, *, destroy_current: bool = False) -> None:
-    """Make ``path`` the backing's disk (one ReconfigVM), if it is not already."""
-    backing = ctx.read("backing")
-    replace_disk(ctx, backing.ref, only_disk(backing), path, destroy_current=destroy_current)
-
-
 def replace_disk(
     ctx: OpsContext, vm: Moref, current: Disk, path: str, *, destroy_current: bool = False
 ) -> None:
@@ -233,3 +235,90 @@ def delete_disk_files(ctx: OpsContext, paths: Sequence[str]) -> list[str]:
         except NotFound as exc:
             log.warning("could not delete %s (already gone?): %s", path, exc)
     return list(paths)
+
+
+# -- replacing a disk that the VM's own snapshots hold --------------------------
+#
+# vSphere refuses to detach (remove without fileOperation) a disk when it or
+# one of its parents is part of a snapshot of the VM, and allows removing it
+# with fileOperation=destroy, which deletes only the files nothing else uses
+# (tests/vcsim/README.md, model table). A backing with snapshots therefore
+# cannot simply swap its disk for another file. It can through a temporary
+# snapshot: HOLD_SNAPSHOT holds the disk (its files stay), the backing's disk
+# becomes a fresh, empty delta of its own, which is destroyed while the new
+# file is attached (one ReconfigVM), and the temporary snapshot is removed
+# with consolidate=False (nothing merged, every file kept). The old disk's
+# files are then used by nothing this VM has, exactly as after a detach.
+# The backing is powered off; the disk it holds must not be a file a
+# running VM writes (that VM locks it): callers hold a file the instance
+# only reads (its parent) or no longer uses.
+
+
+def hold_disk(ctx: OpsContext, vm: Moref) -> Moref:
+    """Take the temporary snapshot (the VM's disk becomes a fresh delta of its own)."""
+    return ctx.run_for_ref(
+        ctx.ops.start_create_snapshot(
+            vm,
+            HOLD_SNAPSHOT,
+            "vmdk-snap: temporary, so that the disk can be replaced while snapshots hold its "
+            "chain; removed with consolidate=False (no data merged)",
+            memory=False,
+            quiesce=False,
+        )
+    )
+
+
+def drop_own_delta(ctx: OpsContext, info: VmInfo, path: str) -> None:
+    """Destroy the VM's own fresh delta and attach ``path`` (one ReconfigVM), unless it is on it."""
+    current = only_disk(info)
+    if current.path == path:
+        return
+    if directory(current.path) != directory(info.vm_path_name):
+        raise InvalidState(
+            f"{info.name}'s disk {current.path} is not a delta in its own folder, so it is "
+            f"not destroyed to attach {path}",
+            hint="someone changed the VM's disk meanwhile: check it, then run `vmdk-snap recover`",
+        )
+    replace_disk(ctx, info.ref, current, path, destroy_current=True)
+
+
+def release_hold(ctx: OpsContext, hold: Moref) -> None:
+    """Remove the temporary snapshot with consolidate=False (nothing merged, files kept)."""
+    ctx.run(ctx.ops.start_remove_snapshot(hold, False, False))
+
+
+def snapshots_hold_chain(ctx: OpsContext, info: VmInfo, disk: Disk) -> bool:
+    """Whether one of the VM's snapshots holds a file of ``disk``'s chain (a read if it has any)."""
+    nodes = [n.ref for n in info.all_snapshots() if n.name != HOLD_SNAPSHOT]
+    if not nodes:
+        return False
+    chain = set(disk.chain)
+    return any(chain & set(d.chain) for ds in ctx.ops.snapshots_disks(nodes).values() for d in ds)
+
+
+def repoint_backing_disk(ctx: OpsContext, info: VmInfo, path: str) -> int:
+    """Make ``path`` the backing's disk, its old files kept; return the tasks run.
+
+    One ReconfigVM when none of its snapshots holds its disk's chain, else
+    through the temporary snapshot (three tasks). Each state between those
+    tasks is recognised from the backing as vCenter shows it, so running it
+    again finishes it: for steps finished forward by ``recover``.
+    """
+    current = only_disk(info)
+    node = info.snapshot_named(HOLD_SNAPSHOT)
+    hold = node.ref if node is not None else None
+    tasks = 0
+    if current.path != path:
+        if hold is None:
+            if not snapshots_hold_chain(ctx, info, current):
+                replace_disk(ctx, info.ref, current, path)
+                return 1
+            hold = hold_disk(ctx, info.ref)
+            info = ctx.ops.get_vm(info.ref)  # its fresh delta
+            tasks += 1
+        drop_own_delta(ctx, info, path)
+        tasks += 1
+    if hold is not None:
+        release_hold(ctx, hold)
+        tasks += 1
+    return tasks

@@ -9,7 +9,10 @@ attached volume", Work Flow 1)::
                                 the backing's home moves there; its disk stays: no copy
       2. swap_backing_disk      (when the backing does not hold the instance's current
                                 file) it drops its stale disk (files kept) and attaches
-                                the instance's current VMDK
+                                the instance's current VMDK; with backing snapshots
+                                between hold_old_disk and release_old_disk (a temporary
+                                snapshot: vSphere refuses to detach a disk its VM's
+                                snapshots hold)
     snapshot:
       3. snapshot_instance      temporary snapshot of the instance (optionally quiesced):
                                 the volume's current file is frozen, writes go to a new delta
@@ -20,13 +23,14 @@ attached volume", Work Flow 1)::
                                 chains are copied to another datastore, keeping their deltas
                                 (vmdk_snap.workflows.copy_out); compaction can then merge
       5. hand_over_top          one ReconfigVM of the backing: destroy its fresh delta, attach
-                                the instance's new delta (backing and instance share it)
+                                the instance's new delta (backing and instance share it);
+                                the point of no return
       6. disable_instance_consolidation  vSphere's Consolidate on the instance would
                                 now merge into the file the backing's snapshot holds: it
                                 is disabled (DisableMethods, source vmdk-snap) until
                                 compaction finds no snapshot holding its files
       7. remove_instance_snapshot  consolidate=False: the instance's tree is as before,
-                                every file stays where it is (the point of no return)
+                                every file stays where it is
       8. follow_other_volumes   (other volumes attached) each other backing that shared
                                 the instance's file gets its new delta (one ReconfigVM each)
       9. delete_stale_copy      (after a consolidation) delete the old copy's files
@@ -56,8 +60,9 @@ Why each undo is what it is:
   the merge fails, it removes the snapshot with ``consolidate=False``: the
   instance's disks keep one delta whose parent chain is the old one, data
   and trees unchanged, and the log says why.
-- ``hand_over_top`` and ``snapshot_backing`` are undone by giving the backing
-  back the file the new snapshot holds and removing that snapshot (nothing to
+- ``snapshot_backing`` is undone by destroying the backing's fresh delta
+  while giving it back the file the new snapshot holds (destroying is
+  allowed where detaching is not), then removing that snapshot (nothing to
   merge then, so nothing is written into a shared file).
 
 Work Flow 2 (several volumes and a root disk, the instance storage-vMotioned):
@@ -69,7 +74,9 @@ backing of another volume would then point at the delta's parent, so a Nova
 detach or a Cinder clone of it would read stale data: ``follow_other_volumes``
 (after the point of no return, finished forward by ``recover``; its check
 reads vCenter) gives each backing that shared the instance's file before its
-new delta, in one ReconfigVM (old file kept). A volume that was already
+new delta, in one ReconfigVM (old file kept), or, when that backing's
+snapshots hold the file, through a temporary snapshot
+(:func:`~vmdk_snap.workflows.stepctx.repoint_backing_disk`: three tasks). A volume that was already
 duplicated before is left as it was (its backing's file is not the delta's
 parent); the next consolidate (or forced snapshot) of that volume hands it
 the instance's current file. Kept deltas,
@@ -80,10 +87,17 @@ merge into files that backing snapshots hold.
 
 Steps without an undo, and why (plans print this as the step's "undo"):
 
-- ``remove_instance_snapshot`` is the point of no return: a removed snapshot
-  cannot be re-created (a new one would freeze a later moment). Everything
-  the volume's snapshot needs is in place before it runs, so from then on a
-  failure or a crash is finished *forward* by ``recover``, never rolled back.
+- ``hand_over_top`` is the point of no return. Undoing it would detach the
+  instance's file from the backing, whose new snapshot holds that file's
+  parent, and vSphere refuses to detach a disk whose chain one of its VM's
+  snapshots holds (``tests/vcsim/README.md``); nor can a temporary snapshot
+  of the backing take the file over, since the instance writes to it (it is
+  locked). Everything the volume's snapshot needs is in place once it ran:
+  from then on a failure or a crash is finished *forward* by ``recover``
+  (``disable_instance_consolidation``, ``remove_instance_snapshot``), never
+  rolled back.
+- ``remove_instance_snapshot``: a removed snapshot cannot be re-created (a
+  new one would freeze a later moment); it runs after the point of no return.
 - ``follow_other_volumes`` runs after the point of no return: the instance
   already writes those volumes to the new deltas, so going back is no option.
 - ``delete_stale_copy`` deletes files, which cannot come back; it runs only
@@ -148,12 +162,14 @@ __all__ = [
 MAX_NAME_LENGTH = 80
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 TEMP_PREFIX = "vmdk-snap-tmp-"
+RESERVED_PREFIX = "vmdk-snap-"  # temporary snapshots: TEMP_PREFIX, stepctx.HOLD_SNAPSHOT
 
 
 def validate_snapshot_name(name: str) -> str:
     """Return ``name`` if it is a valid snapshot name, else raise InvalidInput.
 
-    Allowed: ASCII letters, digits, ``-``, ``_`` and ``.``; 1 to 80 characters.
+    Allowed: ASCII letters, digits, ``-``, ``_`` and ``.``; 1 to 80 characters;
+    not starting with ``vmdk-snap-`` (kept for temporary snapshots).
     Checked before any change in vCenter.
     """
     allowed = "ASCII letters, digits, '-', '_' and '.', at most 80 characters"
@@ -162,6 +178,12 @@ def validate_snapshot_name(name: str) -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(
             f"the snapshot name is {len(name)} characters long", hint=f"use {allowed}"
+        )
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidInput(
+            f"the snapshot name {name!r} starts with {RESERVED_PREFIX!r}, which vmdk-snap keeps "
+            "for its temporary snapshots",
+            hint="choose another name",
         )
     if not _NAME_RE.match(name):
         bad = sorted({c for c in name if not re.match(r"[A-Za-z0-9._-]", c)})
