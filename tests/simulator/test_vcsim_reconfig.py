@@ -244,7 +244,7 @@ def test_detach_is_refused_while_a_snapshot_of_the_vm_holds_the_chain(vc: Target
         (disk,) = virtual_disks(si, backing)
         fault = task_fault(si, _reconfigure(backing, remove_disk_change(disk)))
         assert isinstance(fault, vim.fault.InvalidDeviceSpec)
-        (message,) = [m.message for m in fault.faultMessage]
+        (message,) = [str(m.message) for m in fault.faultMessage]
         assert "part of a snapshot of the virtual machine" in message
         assert vol["vmdk"] in message  # the file the snapshot holds
         # Nothing changed; once the snapshot is gone the detach is allowed.
