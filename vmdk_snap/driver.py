@@ -68,7 +68,12 @@ from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows import leftovers
 from vmdk_snap.workflows.compaction import CompactionPlan, plan_compaction
 from vmdk_snap.workflows.consolidation import unseen_datastore_remedy
-from vmdk_snap.workflows.copy_out import copies_merge_safely, copy_params, copy_target
+from vmdk_snap.workflows.copy_out import (
+    copies_merge_safely,
+    copy_cost,
+    copy_params,
+    copy_target,
+)
 from vmdk_snap.workflows.engine import Engine, Incomplete, Plan, RecoveryResult, plan_of
 from vmdk_snap.workflows.journal import Journal, WorkflowRecord
 from vmdk_snap.workflows.locks import (
@@ -207,7 +212,15 @@ class Driver:
             instance_host=names.get(inst.host) if inst is not None else None,
             leftovers=self._leftovers_on(inst) if inst is not None else (),
             compaction=self._compaction_summary(state),
+            copy_out=self._copy_out_summary(state),
         )
+
+    def _copy_out_summary(self, state: VolumeState) -> tuple[int, str] | None:
+        """What a forced snapshot at ``copy_depth`` would copy (no read)."""
+        disk = state.volume_disk
+        if disk is None or not state.backing.snapshots or not self.auto_compact:
+            return None
+        return self.copy_depth, copy_cost(disk.chain, disk.capacity_kb)
 
     def _compaction_summary(self, state: VolumeState) -> tuple[int, str | None] | None:
         if state.instance is None or not state.instance.consolidation_needed:

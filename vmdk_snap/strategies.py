@@ -77,6 +77,10 @@ class VolumeState:
     # What compaction would merge now (deltas) or why it would not (filled in
     # by ``Driver.describe`` when the instance reports consolidationNeeded).
     compaction: tuple[int, str | None] | None = None
+    # When a forced snapshot copies the backing's snapshots out and what that
+    # copies: (the depth that triggers it, the cost in words); filled in by
+    # ``Driver.describe`` for an attached volume whose backing has snapshots.
+    copy_out: tuple[int, str] | None = None
 
     @property
     def snapshots(self) -> tuple[SnapshotNode, ...]:

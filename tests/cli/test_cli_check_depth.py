@@ -231,3 +231,27 @@ def test_check_advises_deleting_snapshots_of_an_available_volume_with_a_deep_cha
     assert doc["deepest_chain"]["depth"] == 27
     assert doc["advice"] is None
     assert fields["Advice"] == "none: ready for snapshots"
+
+
+@pytest.mark.live
+def test_check_says_when_snapshots_are_copied_out_and_what_that_copies(cli: Cli) -> None:
+    seeded = cli.target.ctl.scenario("attached-volume")
+    vol = seeded["volumes"][0]
+    fields, doc = _check(cli, vol["id"])
+    assert "Copy-out" not in fields  # no snapshot to copy
+    assert doc["copy_out"] is None
+
+    made = cli("snapshot", vol["id"], "--name", "kept", "--force")
+    assert made.code == 0, made.err
+    fields, doc = _check(cli, vol["id"])
+    # The forced snapshot left one delta on the volume's chain: the volume's
+    # base and that delta are what a copy-out would copy.
+    assert fields["Copy-out"] == (
+        "at 14 deltas (now 1) copies this volume's snapshots out: one copy of the volume's "
+        "base (at most its capacity, 0.000977 GiB, as allocated) and 1 delta"
+    )
+    assert doc["copy_out"] == {
+        "at_depth": 14,
+        "depth": 1,
+        "copies": fields["Copy-out"].split(": ", 1)[1],
+    }

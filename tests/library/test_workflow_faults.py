@@ -151,7 +151,8 @@ if die_at:
         record_task(self, wf_id, index, task)
     Journal.step_task = step_task
 with Session(url, user, os.environ["VMDK_SNAP_TEST_PASSWORD"], ca_file=ca) as s:
-    driver = Driver(s, journal_path=Path(journal))
+    depth = int(os.environ.get("VMDK_SNAP_TEST_COPY_DEPTH", "14"))
+    driver = Driver(s, journal_path=Path(journal), copy_depth=depth)
     if op == "snapshot":
         driver.create_snapshot(Volume(vol, "in-use", inst), "snapshot-1", force=True)
     elif op == "consolidate":
@@ -189,6 +190,7 @@ def _killed_at(
     before_task_id: bool,
     op: str = "snapshot",
     method: str = "",
+    copy_depth: int = 14,
 ) -> None:
     """Run workflow ``op`` in a child process and SIGKILL it during ``step``.
 
@@ -200,7 +202,7 @@ def _killed_at(
     """
     journal = tmp_path / "state" / "journal.sqlite"
     vc.ctl.set_task_time(method or STEPS[step][0], 1500)
-    env = child_env(VMDK_SNAP_TEST_PASSWORD=vc.password)
+    env = child_env(VMDK_SNAP_TEST_PASSWORD=vc.password, VMDK_SNAP_TEST_COPY_DEPTH=str(copy_depth))
     die_at = step if before_task_id else ""
     args = [vc.url, vc.username, vc.ca_file, str(journal), op, vol, inst, die_at]
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args], env=env)
@@ -831,4 +833,74 @@ def test_kill_during_compaction_then_recover(
     assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == tokens
     # Either way the backing is on the instance's current file again.
     assert vc.ctl.read_disk(vol["moref"], backing.disks[0].key)["tokens"] == tokens
+    assert_files_consistent(vc, seeded)
+
+
+# Steps on a backing with a retained snapshot: the swap through a temporary
+# snapshot (the instance storage-vMotioned) and the copy-out (chains deep).
+KEPT_STEPS: dict[str, str] = {
+    "hold_old_disk": "CreateSnapshot_Task",
+    "swap_backing_disk": "ReconfigVM_Task",
+    "release_old_disk": "RemoveSnapshot_Task",
+    "copy_snapshots_out": "RelocateVM_Task",
+}
+# Killed during these, the workflow is past its point of no return.
+KEPT_FINISHED = {"release_old_disk", "copy_snapshots_out"}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("before_task_id", [False, True], ids=["task-journaled", "task-unknown"])
+@pytest.mark.parametrize("step", list(KEPT_STEPS))
+def test_kill_at_the_steps_of_a_backing_with_snapshots_then_recover(
+    vc: Target, ops: Any, tmp_path: Path, step: str, before_task_id: bool
+) -> None:
+    """Killed at each step a retained snapshot brings: recover finishes or undoes it,
+    the retained snapshot keeps its data, no temporary snapshot or file is left."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    kept = Driver(ops, journal_path=tmp_path / "setup.sqlite").create_snapshot(
+        volume, "kept", force=True
+    )
+    (bkey,) = [d.key for d in ops.get_vm(vm(vol["moref"])).disks]
+    kept_tokens = vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"]
+    if step != "copy_snapshots_out":
+        ops.relocate(vm(inst["moref"]), datastore=ops.datastore_named("ds-shared-2"))
+    key = volume_disk_key(ops, vol, inst["moref"])
+    vc.ctl.write(inst["moref"], key, "before")
+    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
+    before = world(vc, ops, inst["moref"], vol["moref"])
+    _killed_at(
+        vc,
+        tmp_path,
+        step,
+        vol["id"],
+        inst["uuid"],
+        before_task_id=before_task_id,
+        method=KEPT_STEPS[step],
+        copy_depth=1 if step == "copy_snapshots_out" else 14,
+    )
+    driver = make_driver(ops, tmp_path)
+    (result,) = driver.recover()
+    assert_nothing_running(ops, inst["moref"], vol["moref"])
+    time.sleep(1.6)  # a task recover failed to wait for would show below
+    assert driver.journal.unfinished() == []
+    backing = ops.get_vm(vm(vol["moref"]))
+    assert vc.ctl.read_snapshot(kept.ref.value, bkey)["tokens"] == kept_tokens
+    assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == tokens
+    if step in KEPT_FINISHED:
+        assert result.outcome == "finished"
+        assert [n.name for n in backing.all_snapshots()] == ["kept", "snapshot-1"]
+        made = backing.snapshot_named("snapshot-1")
+        assert made is not None
+        assert vc.ctl.read_snapshot(made.ref.value, bkey)["tokens"] == tokens
+        assert backing.disks[0].path == vc.ctl.read_disk(inst["moref"], key)["chain"][0]
+    else:
+        assert result.outcome == "rolled_back"
+        after = world(vc, ops, inst["moref"], vol["moref"])
+        assert (after.trees, after.homes, after.chains) == (
+            before.trees,
+            before.homes,
+            before.chains,
+        )
     assert_files_consistent(vc, seeded)

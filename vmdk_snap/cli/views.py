@@ -190,6 +190,7 @@ def volume_doc(state: VolumeState) -> dict[str, Any]:
         "stale_files": list(state.stale_files),
         "temporary_snapshots_left": list(state.leftovers),
         "compaction": _compaction_doc(state),
+        "copy_out": _copy_out_doc(state),
         "notes": list(state.notes),
         "advice": advice(state),
     }
@@ -200,6 +201,22 @@ def _compaction_doc(state: VolumeState) -> dict[str, Any] | None:
         return None
     deltas, why = state.compaction
     return {"possible": why is None, "deltas": deltas, "why_not": why}
+
+
+def _copy_out_doc(state: VolumeState) -> dict[str, Any] | None:
+    if state.copy_out is None:
+        return None
+    at, cost = state.copy_out
+    return {"at_depth": at, "depth": chain_headroom(state).depth, "copies": cost}
+
+
+def _copy_out_text(state: VolumeState) -> str | None:
+    if state.copy_out is None:
+        return None
+    at, cost = state.copy_out
+    depth = chain_headroom(state).depth
+    when = "the next forced snapshot" if depth >= at else f"at {at} deltas (now {depth})"
+    return f"{when} copies this volume's snapshots out: {cost}"
 
 
 FEW_FORCED_SNAPSHOTS_LEFT = 3
@@ -316,6 +333,9 @@ def check_text(s: VolumeState) -> str:
         ("Duplicated chain", s.duplicated),
         ("consolidationNeeded", _consolidation_text(s)),
     ]
+    copy_out = _copy_out_text(s)
+    if copy_out is not None:
+        fields.append(("Copy-out", copy_out))
     # One line per piece of advice, aligned under the first.
     indent = " " * (max(len(k) for k, _ in fields) + 3)
     fields.append(("Advice", f"\n{indent}".join(advice_items(s)) or "none: ready for snapshots"))

@@ -14,7 +14,8 @@ the instance's file:
    ``hold_old_disk`` (a temporary snapshot holds the old disk, the backing
    gets a fresh delta of its own), ``swap_backing_disk`` (destroy that delta,
    attach the instance's file: destroying is allowed) and
-   ``release_old_disk`` (remove the temporary snapshot, consolidate=False);
+   ``release_old_disk`` (remove the temporary snapshot, consolidate=False;
+   clean-up at the end, with ``delete_stale_copy``);
 3. ``delete_stale_copy``, last of the whole workflow: the old copy's files.
 """
 
@@ -29,6 +30,7 @@ from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows.engine import Changes, Step
 from vmdk_snap.workflows.stepctx import (
     HOLD_SNAPSHOT,
+    HOLD_UNDO_SNAPSHOT,
     OpsContext,
     delete_disk_files,
     disk_of,
@@ -45,6 +47,7 @@ from vmdk_snap.workflows.stepctx import (
 __all__ = [
     "ALLOW_SHARING",
     "CHILD_MOST",
+    "cleanup_steps",
     "consolidation_steps",
     "delete_stale_copy",
     "relocate_backing",
@@ -98,11 +101,14 @@ def hold_old_disk() -> Step[OpsContext]:
         return {"snapshot": ref_json(hold_disk(ctx, ctx.vm("backing")))}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
+        # As snapshot_backing's undo: destroy the fresh delta while giving the
+        # backing back the file the snapshot holds, then removing the snapshot
+        # merges nothing (no flag left on the backing: exactly as before).
         backing = ctx.read("backing")
+        drop_own_delta(ctx, backing, ctx.params["disk"]["path"])
         node = backing.snapshot_named(HOLD_SNAPSHOT)
         if node is not None:
-            release_hold(ctx, node.ref)
-        drop_own_delta(ctx, backing, ctx.params["disk"]["path"])
+            ctx.run(ctx.ops.start_remove_snapshot(node.ref, False, True))
 
     def check(ctx: OpsContext) -> Changes | None:
         node = ctx.read("backing").snapshot_named(HOLD_SNAPSHOT)
@@ -115,8 +121,7 @@ def hold_old_disk() -> Step[OpsContext]:
         undo,
         check,
         undo_text=(
-            "remove the temporary snapshot (consolidate=False), then destroy the fresh delta "
-            "and re-attach the old disk"
+            "destroy the fresh delta, re-attach the old disk, remove the temporary snapshot"
         ),
     )
 
@@ -145,14 +150,12 @@ def swap_backing_disk(*, held: bool = False) -> Step[OpsContext]:
         return {"old": old.path, "new": ctx.params["instance_top"]}
 
     def undo(ctx: OpsContext, changes: Changes) -> None:
-        # No snapshot holds the instance's file: detaching it is allowed once
-        # the temporary one is gone. Then the old disk is attached again.
+        # Usually no snapshot holds the instance's file (they hold the old
+        # copy's): one ReconfigVM. One the user took while the instance was
+        # off may: then through a second temporary snapshot (the instance's
+        # rollback kept its delta then, so the file is only read, not locked).
         backing = ctx.read("backing")
-        node = backing.snapshot_named(HOLD_SNAPSHOT)
-        if node is not None:
-            release_hold(ctx, node.ref)
-            backing = ctx.read("backing")
-        repoint_backing_disk(ctx, backing, changes["old"])
+        repoint_backing_disk(ctx, backing, changes["old"], hold_name=HOLD_UNDO_SNAPSHOT)
 
     def check(ctx: OpsContext) -> Changes | None:
         disk = only_disk(ctx.read("backing"))
@@ -171,7 +174,13 @@ def swap_backing_disk(*, held: bool = False) -> Step[OpsContext]:
 
 
 def release_old_disk() -> Step[OpsContext]:
-    """Remove hold_old_disk's temporary snapshot: nothing merged, the old disk's files kept."""
+    """Remove hold_old_disk's temporary snapshot: nothing merged, the old disk's files kept.
+
+    Clean-up after the change is complete, like delete_stale_copy (which then
+    deletes the old top, no longer used): removing a snapshot with
+    consolidate=False leaves vCenter's consolidationNeeded on the backing,
+    which a rollback could not clear.
+    """
 
     def describe(ctx: OpsContext) -> str:
         return (
@@ -185,11 +194,6 @@ def release_old_disk() -> Step[OpsContext]:
             release_hold(ctx, node.ref)
         return {"released": True}
 
-    def undo(ctx: OpsContext, changes: Changes) -> None:
-        # swap_backing_disk's undo needs no temporary snapshot (no snapshot
-        # holds the instance's file), and hold_old_disk's finds none to remove.
-        return None
-
     def check(ctx: OpsContext) -> Changes | None:
         node = ctx.read("backing").snapshot_named(HOLD_SNAPSHOT)
         return {"released": True} if node is None else None
@@ -198,9 +202,13 @@ def release_old_disk() -> Step[OpsContext]:
         "release_old_disk",
         describe,
         do,
-        undo,
+        None,
         check,
-        undo_text="nothing to undo: the steps before it are undone without the temporary snapshot",
+        undo_text=(
+            "none: clean-up once the change is complete (the swap is not undone after it); "
+            "if it fails, `vmdk-snap recover` removes the snapshot"
+        ),
+        forward_only=True,
     )
 
 
@@ -316,13 +324,21 @@ def delete_stale_copy() -> Step[OpsContext]:
     )
 
 
+def cleanup_steps(params: dict[str, Any]) -> list[Step[OpsContext]]:
+    """Last, once the change is complete: the temporary snapshot, then the old copy."""
+    return [
+        *([release_old_disk()] if params.get("swap") and params.get("hold") else []),
+        *([delete_stale_copy()] if params.get("stale") else []),
+    ]
+
+
 def consolidation_steps(params: dict[str, Any]) -> list[Step[OpsContext]]:
     """Relocate when the backing is elsewhere; swap when its disk lags behind the instance."""
     steps: list[Step[OpsContext]] = []
     if params.get("relocate") is not None:
         steps.append(relocate_backing())
     if params.get("swap") and params.get("hold"):
-        steps += [hold_old_disk(), swap_backing_disk(held=True), release_old_disk()]
+        steps += [hold_old_disk(), swap_backing_disk(held=True)]
     elif params.get("swap"):
         steps.append(swap_backing_disk())
     return steps

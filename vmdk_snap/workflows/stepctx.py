@@ -20,6 +20,7 @@ from vmdk_snap.workflows.engine import Context
 
 __all__ = [
     "HOLD_SNAPSHOT",
+    "HOLD_UNDO_SNAPSHOT",
     "OTHER_BACKINGS_STEPS",
     "OpsContext",
     "delete_disk_files",
@@ -44,8 +45,10 @@ log = logging.getLogger(__name__)
 OTHER_BACKINGS_STEPS = frozenset({"follow_other_volumes"})
 
 # The temporary snapshot that lets a VM's disk be replaced while its own
-# snapshots hold the disk's chain (see :func:`repoint_backing_disk`).
+# snapshots hold the disk's chain (see :func:`repoint_backing_disk`), and the
+# one an undo of such a replacement takes while the first is still there.
 HOLD_SNAPSHOT = "vmdk-snap-hold"
+HOLD_UNDO_SNAPSHOT = "vmdk-snap-hold-undo"
 
 
 @dataclass
@@ -254,12 +257,12 @@ def delete_disk_files(ctx: OpsContext, paths: Sequence[str]) -> list[str]:
 # only reads (its parent) or no longer uses.
 
 
-def hold_disk(ctx: OpsContext, vm: Moref) -> Moref:
+def hold_disk(ctx: OpsContext, vm: Moref, name: str = HOLD_SNAPSHOT) -> Moref:
     """Take the temporary snapshot (the VM's disk becomes a fresh delta of its own)."""
     return ctx.run_for_ref(
         ctx.ops.start_create_snapshot(
             vm,
-            HOLD_SNAPSHOT,
+            name,
             "vmdk-snap: temporary, so that the disk can be replaced while snapshots hold its "
             "chain; removed with consolidate=False (no data merged)",
             memory=False,
@@ -287,33 +290,38 @@ def release_hold(ctx: OpsContext, hold: Moref) -> None:
     ctx.run(ctx.ops.start_remove_snapshot(hold, False, False))
 
 
-def snapshots_hold_chain(ctx: OpsContext, info: VmInfo, disk: Disk) -> bool:
+def snapshots_hold_chain(
+    ctx: OpsContext, info: VmInfo, disk: Disk, hold_name: str = HOLD_SNAPSHOT
+) -> bool:
     """Whether one of the VM's snapshots holds a file of ``disk``'s chain (a read if it has any)."""
-    nodes = [n.ref for n in info.all_snapshots() if n.name != HOLD_SNAPSHOT]
+    nodes = [n.ref for n in info.all_snapshots() if n.name != hold_name]
     if not nodes:
         return False
     chain = set(disk.chain)
     return any(chain & set(d.chain) for ds in ctx.ops.snapshots_disks(nodes).values() for d in ds)
 
 
-def repoint_backing_disk(ctx: OpsContext, info: VmInfo, path: str) -> int:
+def repoint_backing_disk(
+    ctx: OpsContext, info: VmInfo, path: str, *, hold_name: str = HOLD_SNAPSHOT
+) -> int:
     """Make ``path`` the backing's disk, its old files kept; return the tasks run.
 
     One ReconfigVM when none of its snapshots holds its disk's chain, else
     through the temporary snapshot (three tasks). Each state between those
     tasks is recognised from the backing as vCenter shows it, so running it
     again finishes it: for steps finished forward by ``recover``.
+    ``hold_name`` names the temporary snapshot (another one may be there).
     """
     current = only_disk(info)
-    node = info.snapshot_named(HOLD_SNAPSHOT)
+    node = info.snapshot_named(hold_name)
     hold = node.ref if node is not None else None
     tasks = 0
     if current.path != path:
         if hold is None:
-            if not snapshots_hold_chain(ctx, info, current):
+            if not snapshots_hold_chain(ctx, info, current, hold_name):
                 replace_disk(ctx, info.ref, current, path)
                 return 1
-            hold = hold_disk(ctx, info.ref)
+            hold = hold_disk(ctx, info.ref, hold_name)
             info = ctx.ops.get_vm(info.ref)  # its fresh delta
             tasks += 1
         drop_own_delta(ctx, info, path)

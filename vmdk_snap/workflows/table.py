@@ -33,7 +33,8 @@ attached volume", Work Flow 1)::
                                 every file stays where it is
       8. follow_other_volumes   (other volumes attached) each other backing that shared
                                 the instance's file gets its new delta (one ReconfigVM each)
-      9. delete_stale_copy      (after a consolidation) delete the old copy's files
+      9. release_old_disk       (after hold_old_disk) remove its temporary snapshot
+     10. delete_stale_copy      (after a consolidation) delete the old copy's files
 
 Consolidation order, chosen so that no volume data is copied: the backing's
 home moves first (``moveAllDiskBackingsAndAllowSharing``, with a disk locator
@@ -129,8 +130,8 @@ from vmdk_snap.workflows.compaction import compaction_steps
 from vmdk_snap.workflows.consolidation import (
     ALLOW_SHARING,
     CHILD_MOST,
+    cleanup_steps,
     consolidation_steps,
-    delete_stale_copy,
 )
 from vmdk_snap.workflows.copy_out import copy_snapshots_out, delete_unused_copies
 from vmdk_snap.workflows.engine import Step
@@ -221,13 +222,10 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Step[OpsContext]]]] = {
         disable_instance_consolidation(),
         remove_instance_snapshot(),
         *([follow_other_volumes()] if p.get("others") else []),
-        *([delete_stale_copy()] if p.get("stale") else []),
+        *cleanup_steps(p),
     ],
     "compact": compaction_steps,
-    "consolidate": lambda p: [
-        *consolidation_steps(p),
-        *([delete_stale_copy()] if p.get("stale") else []),
-    ],
+    "consolidate": lambda p: [*consolidation_steps(p), *cleanup_steps(p)],
     "delete": lambda p: [
         remove_backing_snapshot(),
         *([delete_unused_copies()] if p.get("cleanup") else []),
