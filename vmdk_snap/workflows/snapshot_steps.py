@@ -301,9 +301,9 @@ def remove_instance_snapshot() -> Step[OpsContext]:
         None,
         check,
         undo_text=(
-            "none: the point of no return. A removed snapshot cannot be re-created (a new one "
-            "would freeze a later moment), and from here the volume's snapshot is complete; a "
-            "failure or crash from now on is finished forward by `vmdk-snap recover`"
+            "none: a removed snapshot cannot be re-created (a new one would freeze a later "
+            "moment); it runs after the point of no return (the hand-over), so a failure or "
+            "crash is finished forward by `vmdk-snap recover`"
         ),
     )
 
