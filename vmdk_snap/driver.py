@@ -37,13 +37,19 @@ process of the host shares them, whatever its journal (:mod:`vmdk_snap.workflows
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from vmdk_snap.errors import Busy, InvalidState, NotFound, VmdkSnapError
+from vmdk_snap.group_snapshots import (
+    GroupSnapshotResult,
+    GroupSnapshots,
+    finalise_records,
+    group_of,
+)
 from vmdk_snap.strategies import (
     AttachedStrategy,
     DetachedStrategy,
@@ -75,6 +81,7 @@ from vmdk_snap.workflows.copy_out import (
     copy_target,
 )
 from vmdk_snap.workflows.engine import Engine, Incomplete, Plan, RecoveryResult, plan_of
+from vmdk_snap.workflows.group import ERROR
 from vmdk_snap.workflows.journal import Journal, WorkflowRecord
 from vmdk_snap.workflows.locks import (
     DEFAULT_INSTANCE_WAIT,
@@ -576,6 +583,37 @@ class Driver:
             **plan.params(),
         }
 
+    # -- several volumes at one moment (vmdk_snap.group_snapshots) -----------------
+
+    def plan_group_snapshot(
+        self, volumes: Sequence[Volume], name: str, *, force: bool = False
+    ) -> Plan:
+        """What :meth:`create_group_snapshot` would do, step by step; changes nothing."""
+        return GroupSnapshots(self).plan(volumes, name, force=force)
+
+    def create_group_snapshot(
+        self,
+        volumes: Sequence[Volume],
+        name: str,
+        *,
+        force: bool = False,
+        quiesce: bool = False,
+    ) -> GroupSnapshotResult:
+        """Snapshot ``volumes`` at one moment; each backing's snapshot is named ``name``.
+
+        The attached ones (all on one instance, ``force`` needed) through one
+        temporary instance snapshot, all or none; available ones as usual.
+        Refused before any change: bad name or status, several instances,
+        independent or too deep disks, ``name`` on some members only. A
+        retry of a finished group returns its snapshots (``created=False``).
+
+        Raises:
+            VmdkSnapError: with ``exc.members``, each member's record, once the
+                group workflow began (rolled back: ``error``; left for
+                ``recover``: ``creating``).
+        """
+        return GroupSnapshots(self).create(volumes, name, force=force, quiesce=quiesce)
+
     def revert_to_snapshot(self, volume: Volume, name: str) -> None:
         """Revert the volume to snapshot ``name``; only when it is available."""
         validate_snapshot_name(name)
@@ -639,19 +677,31 @@ class Driver:
         def result(outcome: str, detail: str = "") -> RecoveryResult:
             return RecoveryResult(record.id, record.kind, record.volume, outcome, detail)
 
-        lock = VolumeLock(self.lock_dir, record.volume)
+        locks = [VolumeLock(self.lock_dir, v) for v in sorted(group_of(record))]
+        held: list[VolumeLock] = []
         instance_lock: InstanceLock | None = None
         try:
-            lock.acquire()
+            for lock in locks:
+                lock.acquire()
+                held.append(lock)
             instance_lock = self._lock_instance_of(record.params)
         except VmdkSnapError as exc:
-            lock.release()
+            for lock in reversed(held):
+                lock.release()
             return result("busy" if isinstance(exc, Busy) else "failed", str(exc))
         try:
             steps = build_steps(record.kind, record.params)
             ctx = OpsContext(params=dict(record.params), ops=self.ops)
             outcome = self._engine.resume(record, steps, ctx)
             log.info("recovered %s of volume %s: %s", record.kind, record.volume, outcome)
+            if record.params.get("members"):
+                # The group's member records, final now.
+                params = dict(record.params)
+                finalise_records(
+                    params,
+                    *((AVAILABLE, None) if outcome == "finished" else (ERROR, "rolled back")),
+                )
+                self.journal.set_params(record.id, params)
             return result(outcome)
         except VmdkSnapError as exc:
             log.warning("could not recover workflow %s: %s", record.id, exc)
@@ -659,7 +709,8 @@ class Driver:
         finally:
             if instance_lock is not None:
                 instance_lock.release()
-            lock.release()
+            for lock in reversed(held):
+                lock.release()
 
     def _settle_leftover(self, left: leftovers.Leftover, adopt: bool) -> RecoveryResult:
         """Settle one leftover temporary snapshot under its volume's and instance's locks."""
@@ -708,7 +759,7 @@ class Driver:
     @contextmanager
     def _locked(self, volume: Volume) -> Iterator[None]:
         with VolumeLock(self.lock_dir, volume.id):
-            pending = [r for r in self.journal.unfinished() if r.volume == volume.id]
+            pending = [r for r in self.journal.unfinished() if volume.id in group_of(r)]
             if pending:
                 raise InvalidState(
                     f"volume {volume.id} has an interrupted {pending[0].kind} workflow "

@@ -44,6 +44,9 @@ class VmdkSnapError(Exception):
     """
 
     default_hint = ""
+    # A group snapshot's member records when it failed
+    # (vmdk_snap.group_snapshots.MemberResult), else None.
+    members: tuple[Any, ...] | None = None
 
     def __init__(
         self,

@@ -73,6 +73,11 @@ var scenarios = map[string]scenario{
 	"instance-two-volumes": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
 		return twoVolumes(ctx, b)
 	},
+	// A root disk and three volumes (a database's data, log and temp
+	// volumes): the group snapshot's scenario.
+	"instance-three-volumes": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
+		return volumes(ctx, b, "vol-a", "vol-b", "vol-c")
+	},
 	// Blueprint Work Flow 2: the instance (root disk and two attached
 	// volumes) was storage-vMotioned from ds-shared-1 to ds-shared-2 after
 	// "pre-move:<id>" tokens were written, then got "post-move:<id>": each
@@ -130,11 +135,16 @@ var scenarios = map[string]scenario{
 
 // twoVolumes seeds an instance with a root disk and two attached volumes.
 func twoVolumes(ctx context.Context, b *builder) error {
+	return volumes(ctx, b, "vol-a", "vol-b")
+}
+
+// volumes seeds an instance on ds-shared-1 with one attached volume per role.
+func volumes(ctx context.Context, b *builder, roles ...string) error {
 	inst, err := b.instance(ctx, host0, dsShared1, "inst")
 	if err != nil {
 		return err
 	}
-	for _, role := range []string{"vol-a", "vol-b"} {
+	for _, role := range roles {
 		vol, err := b.volume(ctx, dsShared1, role)
 		if err != nil {
 			return err

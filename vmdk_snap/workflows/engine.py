@@ -230,7 +230,15 @@ class Engine(Generic[C]):
 
     # -- a fresh run ---------------------------------------------------------
 
-    def run(self, kind: str, volume_id: str, steps: Sequence[Step[C]], ctx: C) -> str:
+    def run(
+        self,
+        kind: str,
+        volume_id: str,
+        steps: Sequence[Step[C]],
+        ctx: C,
+        *,
+        on_begin: Callable[[str], None] | None = None,
+    ) -> str:
         """Run ``steps`` in order; return the workflow id.
 
         Raises:
@@ -239,6 +247,8 @@ class Engine(Generic[C]):
             Incomplete: when a step after the point of no return failed.
         """
         wf_id = self.journal.begin(kind, volume_id, ctx.params)
+        if on_begin is not None:
+            on_begin(wf_id)  # the caller may have to record its outcome
         run = _Run(wf_id, steps, ctx)
         self._forward(run, 0)
         self.journal.finish(wf_id, jn.DONE)

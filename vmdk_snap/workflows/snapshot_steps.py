@@ -62,7 +62,8 @@ def snapshot_instance() -> Step[OpsContext]:
             ctx.ops.start_create_snapshot(
                 ctx.vm("instance"),
                 ctx.params["temp_name"],
-                f"vmdk-snap: temporary, for volume snapshot {ctx.params['name']}",
+                ctx.params.get("temp_description")
+                or f"vmdk-snap: temporary, for volume snapshot {ctx.params['name']}",
                 memory=False,
                 quiesce=bool(ctx.params["quiesce"]),
             )
@@ -234,8 +235,10 @@ GUARD_SOURCE = "vmdk-snap"
 
 def guard_instance(ctx: OpsContext) -> None:
     """Disable vSphere's Consolidate on the workflow's instance (source vmdk-snap)."""
+    ids = [m["volume_id"] for m in ctx.params.get("members", ())] or [ctx.params["volume_id"]]
+    which = f"volume {ids[0]}" if len(ids) == 1 else "volumes " + ", ".join(ids)
     reason = (
-        f"vmdk-snap: snapshots of volume {ctx.params['volume_id']} hold this VM's disk files, "
+        f"vmdk-snap: snapshots of {which} hold this VM's disk files, "
         "which a consolidation would overwrite; delete them with vmdk-snap, which then merges "
         "(vmdk-snap compact)"
     )
@@ -247,7 +250,8 @@ def disable_instance_consolidation() -> Step[OpsContext]:
         return (
             f"disable vSphere's Consolidate ({CONSOLIDATE}) on instance "
             f"{ctx.params['instance_name']} (source {GUARD_SOURCE}): snapshot "
-            f"{ctx.params['name']} of the backing holds files of its chains"
+            f"{ctx.params['name']} of the backing{'s' if ctx.params.get('members') else ''} "
+            "holds files of its chains"
         )
 
     def do(ctx: OpsContext) -> Changes:
@@ -318,7 +322,10 @@ def _lagging_backings(ctx: OpsContext, instance: VmInfo) -> list[tuple[VmInfo, D
     """
     candidates: list[tuple[Moref, Disk]] = []
     found = ctx.ops.find_volume_backings(instance, skip=ctx.params["volume_id"])
+    members = _member_ids(ctx)
     for volume_id, ref in found.items():
+        if volume_id in members:
+            continue  # a group snapshot's member: handed its own delta
         disk = instance.disk_by_uuid(instance.volume_keys[f"volume-{volume_id}"])
         if disk is None or disk.independent:
             continue
@@ -350,6 +357,13 @@ def _lags(backing: VmInfo, current: Disk, disk: Disk) -> bool:
     return current.path == disk.path or current.chain[1:2] == (disk.chain[1],)
 
 
+def _member_ids(ctx: OpsContext) -> set[str]:
+    """The volumes the workflow snapshots: the group's members, or its one volume."""
+    return {str(m["volume_id"]) for m in ctx.params.get("members", ())} or {
+        str(ctx.params["volume_id"])
+    }
+
+
 def follow_other_volumes() -> Step[OpsContext]:
     def describe(ctx: OpsContext) -> str:
         return (
@@ -366,7 +380,8 @@ def follow_other_volumes() -> Step[OpsContext]:
         top = ctx.results.get("hand_over_top", {}).get("top")
         if instance is None or top is None or instance.disk_by_path(top) is None:
             instance = ctx.read("instance")
-        others = [k for k in instance.volume_keys if k != f"volume-{ctx.params['volume_id']}"]
+        skip = {f"volume-{v}" for v in _member_ids(ctx)}
+        others = [k for k in instance.volume_keys if k not in skip]
         if not others:
             return {"followed": []}
         done = []

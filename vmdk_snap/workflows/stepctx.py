@@ -107,6 +107,9 @@ class OpsContext(Context):
             ref = TaskRef(Moref("Task", task), f"task {task} of step {self.step_name}")
             self.settled = self._wait_for_end(ref)
         vms = [self.vm(k) for k in ("backing", "instance") if self.params.get(k)]
+        # A group snapshot's members' backings (vmdk_snap.workflows.group).
+        vms += [ref_of(m["backing"]) for m in self.params.get("members", ()) if m.get("backing")]
+        vms = list(dict.fromkeys(vms))
         if self.step_name in OTHER_BACKINGS_STEPS and self.params.get("others"):
             vms += self._other_backings()
         for running in tasks_in_flight(self.ops.session, vms):

@@ -135,6 +135,7 @@ from vmdk_snap.workflows.consolidation import (
 )
 from vmdk_snap.workflows.copy_out import copy_snapshots_out, delete_unused_copies
 from vmdk_snap.workflows.engine import Step
+from vmdk_snap.workflows.group import GROUP_KIND, group_steps
 from vmdk_snap.workflows.snapshot_steps import (
     disable_instance_consolidation,
     discard_temporary,
@@ -225,6 +226,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], list[Step[OpsContext]]]] = {
         *cleanup_steps(p),
     ],
     "compact": compaction_steps,
+    GROUP_KIND: group_steps,
     "consolidate": lambda p: [*consolidation_steps(p), *cleanup_steps(p)],
     "delete": lambda p: [
         remove_backing_snapshot(),
