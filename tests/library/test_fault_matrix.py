@@ -399,6 +399,37 @@ def _follow_kept(vc: Target, ops: Any, driver: Driver) -> Case:
     )
 
 
+def _group(vc: Target, ops: Any, driver: Driver) -> Case:
+    # Two volumes of one instance at one moment: all or none.
+    seeded = vc.ctl.scenario("instance-two-volumes")
+    inst = seeded["instances"][0]
+    vols = seeded["volumes"]
+    volumes = [Volume(v["id"], "in-use", inst["uuid"]) for v in vols]
+    keys = [volume_disk_key(ops, v, inst["moref"]) for v in vols]
+    tokens = [_tokens(vc, inst["moref"], k) for k in keys]
+    inst_tree = ops.get_vm(vm(inst["moref"])).snapshots
+
+    def done() -> None:
+        instance = ops.get_vm(vm(inst["moref"]))
+        assert instance.snapshots == inst_tree
+        for v, k, want in zip(vols, keys, tokens, strict=True):
+            backing = ops.get_vm(vm(v["moref"]))
+            node = backing.snapshot_named("snap-g")
+            assert node is not None, v["id"]
+            (bdisk,) = backing.disks
+            assert vc.ctl.read_snapshot(node.ref.value, bdisk.key)["tokens"] == want
+            assert bdisk.path == next(d.path for d in instance.disks if d.key == k)
+            assert _tokens(vc, inst["moref"], k) == want
+        assert_files_consistent(vc, seeded)
+
+    return Case(
+        seeded,
+        lambda d: d.create_group_snapshot(volumes, "snap-g", force=True),
+        [inst["moref"], *(v["moref"] for v in vols)],
+        done,
+    )
+
+
 WORKFLOWS: dict[str, Prepare] = {
     "forced-snapshot": _forced_snapshot("attached-volume"),
     "forced-snapshot-moved": _forced_snapshot("attached-volume-moved"),
@@ -412,6 +443,7 @@ WORKFLOWS: dict[str, Prepare] = {
     "delete-copied": _delete_copied,
     "forced-snapshot-moved-kept": _forced_moved_kept,
     "follow-kept": _follow_kept,
+    "group": _group,
 }
 
 
@@ -475,6 +507,11 @@ def _one(  # noqa: PLR0917
         assert all(r.state == jn.ROLLED_BACK for r in ours), (raised, ours)
     assert driver.journal.unfinished() == []
     assert_nothing_running(ops, *case.morefs)
+    # A group's member records say how it ended: all made or none.
+    want = "error" if ending in ("rolled-back", "recover-rolled_back") else "available"
+    for record in driver.journal.workflows():
+        if record.id not in earlier and record.params.get("members"):
+            assert {m["state"] for m in record.params["members"]} == {want}, (ending, record)
     return ending
 
 
@@ -490,6 +527,7 @@ PARTS = {
     "delete-copied": 2,
     "forced-snapshot-moved-kept": 4,
     "follow-kept": 3,
+    "group": 4,
 }
 
 

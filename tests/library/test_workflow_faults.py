@@ -161,6 +161,9 @@ with Session(url, user, os.environ["VMDK_SNAP_TEST_PASSWORD"], ca_file=ca) as s:
         driver.delete_snapshot(Volume(vol, "available"), "snapshot-1")
     elif op == "compact":
         driver.compact(Volume(vol, "in-use", inst))
+    elif op == "group":
+        members = [Volume(v, "in-use", inst) for v in vol.split(",")]
+        driver.create_group_snapshot(members, "snapshot-1", force=True)
     else:
         driver.revert_to_snapshot(Volume(vol, "available"), "snapshot-1")
 """
@@ -903,4 +906,68 @@ def test_kill_at_the_steps_of_a_backing_with_snapshots_then_recover(
             before.homes,
             before.chains,
         )
+    assert_files_consistent(vc, seeded)
+
+
+# A group snapshot of three volumes: step -> (the task's method, how it ends).
+GROUP_STEPS: dict[str, tuple[str, str]] = {
+    "snapshot_instance": ("CreateSnapshot_Task", "rolled_back"),
+    "snapshot_backing_1": ("CreateSnapshot_Task", "rolled_back"),
+    "hand_over_top_0": ("ReconfigVM_Task", "finished"),  # the point of no return
+    "hand_over_top_2": ("ReconfigVM_Task", "finished"),
+    "remove_instance_snapshot": ("RemoveSnapshot_Task", "finished"),
+}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("before_task_id", [False, True], ids=["task-journaled", "task-unknown"])
+@pytest.mark.parametrize("step", list(GROUP_STEPS))
+def test_kill_during_a_group_snapshot_then_recover(
+    vc: Target, ops: Any, tmp_path: Path, step: str, before_task_id: bool
+) -> None:
+    """All members or none, their data intact, and the records say which."""
+    seeded = vc.ctl.scenario("instance-three-volumes")
+    inst, vols = seeded["instances"][0], seeded["volumes"]
+    keys = [volume_disk_key(ops, v, inst["moref"]) for v in vols]
+    tokens = [vc.ctl.read_disk(inst["moref"], k)["tokens"] for k in keys]
+    morefs = [inst["moref"], *(v["moref"] for v in vols)]
+    before = world(vc, ops, *morefs)
+    method, ending = GROUP_STEPS[step]
+    ids = ",".join(v["id"] for v in vols)
+    _killed_at(
+        vc, tmp_path, step, ids, inst["uuid"], before_task_id=before_task_id, op="group",
+        method=method,
+    )  # fmt: skip
+    journal = Journal(tmp_path / "state" / "journal.sqlite")
+    (record,) = journal.unfinished()
+    assert {m["state"] for m in record.params["members"]} == {"creating"}
+    driver = make_driver(ops, tmp_path)
+    (result,) = driver.recover()
+    assert_nothing_running(ops, *morefs)
+    time.sleep(1.6)  # a task recover failed to wait for would show below
+    assert result.outcome == ending
+    (record,) = driver.journal.workflows(vols[0]["id"])
+    states = {m["state"] for m in record.params["members"]}
+    instance = ops.get_vm(vm(inst["moref"]))
+    assert instance.snapshots == ()
+    if ending == "finished":
+        assert states == {"available"}
+        for v, k, want in zip(vols, keys, tokens, strict=True):
+            backing = ops.get_vm(vm(v["moref"]))
+            node = backing.snapshot_named("snapshot-1")
+            assert node is not None
+            (bdisk,) = backing.disks
+            assert vc.ctl.read_snapshot(node.ref.value, bdisk.key)["tokens"] == want
+            assert bdisk.path == next(d.path for d in instance.disks if d.key == k)
+    else:
+        assert states == {"error"}
+        after = world(vc, ops, *morefs)
+        assert (after.trees, after.homes, after.chains, after.files) == (
+            before.trees,
+            before.homes,
+            before.chains,
+            before.files,
+        )
+    for k, want in zip(keys, tokens, strict=True):
+        assert vc.ctl.read_disk(inst["moref"], k)["tokens"] == want
     assert_files_consistent(vc, seeded)
