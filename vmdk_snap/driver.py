@@ -585,6 +585,29 @@ class Driver:
 
     # -- several volumes at one moment (vmdk_snap.group_snapshots) -----------------
 
+    def attached_volumes(self, instance_uuid: str) -> list[str]:
+        """The ids of the volumes attached to the instance (Nova's keys; two reads).
+
+        Raises:
+            NotFound: no VM has that instance UUID.
+            InvalidState: it has no volume attached.
+        """
+        ref = self.ops.find_instance(instance_uuid)
+        if ref is None:
+            raise NotFound(
+                f"no instance with UUID {instance_uuid} in vCenter",
+                hint="check the UUID (`openstack server show`)",
+            )
+        instance = self.ops.get_vm(ref)
+        ids = sorted(k.removeprefix("volume-") for k in instance.volume_keys)
+        if not ids:
+            raise InvalidState(
+                f"instance {instance_uuid} ({instance.name}) has no volume attached; "
+                "nothing was changed",
+                hint="attach the volumes first, or name them",
+            )
+        return ids
+
     def plan_group_snapshot(
         self, volumes: Sequence[Volume], name: str, *, force: bool = False
     ) -> Plan:

@@ -49,7 +49,9 @@ __all__ = [
     "GroupSnapshots",
     "MemberResult",
     "finalise_records",
+    "group_description",
     "group_of",
+    "taken_with",
 ]
 
 log = logging.getLogger(__name__)
@@ -130,11 +132,14 @@ class GroupSnapshots:
     def _members(states: Sequence[VolumeState], name: str, quiesce: bool) -> list[dict[str, Any]]:
         """Each attached member's forced-snapshot parameters (refusals raised here)."""
         strategy = AttachedStrategy()
+        ids = [s.volume_id for s in states]
         members = []
         for s in states:
             params = dict(strategy.take(s, name, quiesce=quiesce).params)
             for key in _GROUP_KEYS:
                 params.pop(key, None)
+            others = [v for v in ids if v != s.volume_id]
+            params["description"] = group_description(name, s.volume_id, others)
             members.append({**params, "state": CREATING, "error": None})
         return members
 
@@ -273,29 +278,62 @@ class GroupSnapshots:
             raise
         finalise_records(params, AVAILABLE)
         journal.set_params(wf_id, params)
-        made = made_snapshots(ctx.results, len(states))
         return GroupSnapshotResult(
             name,
             states[0].instance.instance_uuid if states[0].instance else None,
             wf_id,
-            self._records(states, name, params, dict(enumerate(made)), None),
+            self._records(states, name, params, self._made(states, name, ctx), None),
         )
+
+    def _made(
+        self, states: Sequence[VolumeState], name: str, ctx: OpsContext
+    ) -> dict[int, SnapshotNode]:
+        """Each member's new snapshot as vCenter shows it (one read), else as journaled."""
+        try:
+            backings = self.driver.ops.get_vms([s.backing.ref for s in states])
+            nodes = {i: b.snapshot_named(name) for i, b in enumerate(backings)}
+            return {i: n for i, n in nodes.items() if n is not None}
+        except VmdkSnapError as exc:
+            log.warning("the group snapshot was made; reading it back failed: %s", exc)
+        made = made_snapshots(ctx.results, len(states))
+        return {
+            i: SnapshotNode(ref_of(ref), name, "", None, False)
+            for i, ref in enumerate(made)
+            if ref is not None
+        }
 
     def _records(
         self,
         states: Sequence[VolumeState],
         name: str,
         params: dict[str, Any],
-        made: dict[int, Any],
+        made: dict[int, SnapshotNode],
         error: str | None,
     ) -> tuple[MemberResult, ...]:
-        out = []
-        for i, (s, m) in enumerate(zip(states, params["members"], strict=True)):
-            node = None
-            if made.get(i) is not None:
-                node = SnapshotNode(ref_of(made[i]), name, m.get("description", ""), None, False)
-            out.append(MemberResult(s.volume_id, name, m["state"], node, m.get("error") or error))
-        return tuple(out)
+        return tuple(
+            MemberResult(s.volume_id, name, m["state"], made.get(i), m.get("error") or error)
+            for i, (s, m) in enumerate(zip(states, params["members"], strict=True))
+        )
+
+
+_TAKEN_WITH = "taken at one moment with volumes "
+
+
+def group_description(name: str, volume_id: str, others: Sequence[str]) -> str:
+    """A member snapshot's description: it names the volumes taken at the same moment.
+
+    In vCenter, not only in this host's journal: ``list`` and ``check`` show
+    which snapshots were taken together (:func:`taken_with`).
+    """
+    return (
+        f"Cinder snapshot {name} of volume {volume_id} (attached), {_TAKEN_WITH}{', '.join(others)}"
+    )
+
+
+def taken_with(description: str) -> list[str]:
+    """The volumes a snapshot was taken together with, from its description ([] if none)."""
+    _, found, rest = description.partition(_TAKEN_WITH)
+    return [v.strip() for v in rest.split(",") if v.strip()] if found else []
 
 
 def group_of(record: jn.WorkflowRecord) -> list[str]:

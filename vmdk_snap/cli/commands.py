@@ -8,9 +8,17 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from vmdk_snap.cli import views
-from vmdk_snap.cli.base import EXIT_OK, EXIT_PARTIAL, EXIT_RECOVER, Context, parse_volume
-from vmdk_snap.driver import validate_snapshot_name
+from vmdk_snap.cli.base import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_RECOVER,
+    Context,
+    UsageError,
+    parse_volume,
+)
+from vmdk_snap.driver import Volume, validate_snapshot_name
 from vmdk_snap.errors import VmdkSnapError
+from vmdk_snap.volume_state import IN_USE
 from vmdk_snap.vsphere.volumeops.inventory import read_inventory
 
 __all__ = ["add_command", "register"]
@@ -47,18 +55,32 @@ def _snapshot(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         sub,
         common,
         "snapshot",
-        "Snapshot a volume; an attached (in-use) one only with --force.",
+        "Snapshot a volume, or several of one instance at one moment; attached (in-use) "
+        "ones only with --force.",
         """
         vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name nightly
         vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name pre-upgrade --force --dry-run
         vmdk-snap snapshot 3f2a9c1e-5b7d-4c2a-9e41-0d6f8a7b1c23 --name db --force --quiesce --json
+        vmdk-snap snapshot DATA_VOLUME LOG_VOLUME --name db-0300 --force --quiesce
+        vmdk-snap snapshot --instance 9c1e7a4b-2f3d-4e5a-8b6c-7d8e9f0a1b2c --name all --force
 
         A snapshot NAME the volume already has is reported ("already exists",
         JSON "created": false) and nothing changes, even without --force: a
         repeated request is a retry and gets the first snapshot.
+
+        Several volumes (or --instance: all its attached volumes, or those
+        named) are taken at one moment: one temporary snapshot of their
+        instance freezes them all, and all are made or none. They must be
+        attached to one instance; available ones get ordinary snapshots.
+        JSON lists each member's record (state available or error).
         """,
     )
-    p.add_argument("volume", metavar="VOLUME")
+    p.add_argument("volume", metavar="VOLUME", nargs="*")
+    p.add_argument(
+        "--instance",
+        metavar="UUID",
+        help="the instance whose volumes (all attached, or those named) are taken at one moment",
+    )
     p.add_argument("--name", required=True, help="snapshot name (Cinder: snapshot-<id>)")
     p.add_argument("--force", action="store_true", help="snapshot even if attached (in-use)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -68,7 +90,11 @@ def _snapshot(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
 
 def run_snapshot(ctx: Context) -> int:
     a = ctx.args
-    volume, name = parse_volume(a.volume), validate_snapshot_name(a.name)
+    if not a.volume and not a.instance:
+        raise UsageError("name a VOLUME (or several), or --instance UUID")
+    if len(a.volume) > 1 or a.instance:
+        return _run_group(ctx)
+    volume, name = parse_volume(a.volume[0]), validate_snapshot_name(a.name)
     with ctx.driver() as driver:
         if a.dry_run:
             plan = driver.plan_snapshot(volume, name, force=a.force)
@@ -87,6 +113,32 @@ def run_snapshot(ctx: Context) -> int:
             "volume": volume.id,
             "created": result.created,
             "snapshot": views.snapshot_doc(result.node),
+        },
+    )
+    return EXIT_OK
+
+
+def _run_group(ctx: Context) -> int:
+    """Several volumes of one instance at one moment (vmdk_snap.group_snapshots)."""
+    a = ctx.args
+    name = validate_snapshot_name(a.name)
+    ids = [parse_volume(v).id for v in a.volume]
+    with ctx.driver() as driver:
+        if a.instance and not ids:
+            ids = driver.attached_volumes(a.instance)
+        volumes = [Volume(v, IN_USE, a.instance) if a.instance else Volume(v) for v in ids]
+        if a.dry_run:
+            plan = driver.plan_group_snapshot(volumes, name, force=a.force)
+            return views.show_plan(ctx.out, "snapshot", ids[0], plan, ids)
+        result = driver.create_group_snapshot(volumes, name, force=a.force, quiesce=a.quiesce)
+    for m in result.members:
+        ctx.out.text(views.member_line(m, ids))
+    ctx.out.document(
+        "snapshot",
+        {
+            "name": name,
+            "instance": result.instance_uuid,
+            "members": [views.member_doc(m) for m in result.members],
         },
     )
     return EXIT_OK

@@ -19,6 +19,7 @@ from typing import NoReturn, TextIO
 from vmdk_snap import __version__
 from vmdk_snap.cli import batch as cli_batch
 from vmdk_snap.cli import commands as cli_commands
+from vmdk_snap.cli import views
 from vmdk_snap.cli.base import EXIT_USAGE, Context, UsageError, classify, one_line
 from vmdk_snap.cli.output import Output
 
@@ -199,9 +200,15 @@ def main(
         if args.verbose:
             traceback.print_exception(exc, file=stderr)
         print(f"vmdk-snap: {message}", file=stderr, flush=True)
-        ctx.out.document(
-            args.command, {"error": {"kind": kind, "exit_code": code, "message": message}}
-        )
+        payload: dict[str, object] = {
+            "error": {"kind": kind, "exit_code": code, "message": message}
+        }
+        members = getattr(exc, "members", None)
+        if members:  # a group snapshot: each member's record
+            for m in members:
+                print(f"  volume-{m.volume_id}: {m.state}", file=stderr, flush=True)
+            payload["members"] = [views.member_doc(m) for m in members]
+        ctx.out.document(args.command, payload)
         return code
     finally:
         logging.getLogger().removeHandler(handler)

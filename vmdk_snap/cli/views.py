@@ -14,6 +14,7 @@ from typing import Any
 from vmdk_snap.cli.base import EXIT_OK, classify, one_line
 from vmdk_snap.cli.output import Output, TreeNode, render_fields, render_table, render_tree
 from vmdk_snap.driver import SnapshotResult
+from vmdk_snap.group_snapshots import MemberResult, taken_with
 from vmdk_snap.strategies import (
     DEEP_CHAIN_REMEDY,
     MAX_DELTAS,
@@ -52,6 +53,8 @@ def snapshot_doc(node: SnapshotNode) -> dict[str, Any]:
         "moref": node.ref.value,
         "created": node.created.isoformat() if node.created else None,
         "quiesced": node.quiesced,
+        # A group snapshot's other members (taken at the same moment).
+        "taken_with": taken_with(node.description),
         "children": [snapshot_doc(c) for c in node.children],
     }
 
@@ -82,6 +85,9 @@ def _snapshot_tree(nodes: Iterable[SnapshotNode], current: str | None) -> tuple[
             label += f"  {n.created:%Y-%m-%d %H:%M:%S}"
         if n.quiesced:
             label += "  quiesced"
+        together = taken_with(n.description)
+        if together:
+            label += "  with " + ", ".join(f"volume-{v}" for v in together)
         if n.ref.value == current:
             label += "  (current)"
         out.append(TreeNode(label, _snapshot_tree(n.children, current)))
@@ -381,15 +387,19 @@ def check_all_text(states: Sequence[VolumeState], errors: Sequence[dict[str, Any
 # -- plans and recovery ----------------------------------------------------------
 
 
-def show_plan(out: Output, command: str, volume_id: str, plan: Plan) -> int:
-    """Print what a --dry-run would do; nothing is changed."""
+def show_plan(
+    out: Output, command: str, volume_id: str, plan: Plan, volumes: Sequence[str] = ()
+) -> int:
+    """Print what a --dry-run would do; nothing is changed.
+
+    ``volumes``: a group snapshot's members (the plan is of all of them).
+    """
     steps = [
         {"step": s.name, "description": s.description, "undo": s.undo, "reversible": s.reversible}
         for s in plan.steps
     ]
-    lines = [
-        f"plan: {command} volume-{volume_id}, {len(steps)} steps (dry run: nothing was changed)"
-    ]
+    what = ", ".join(f"volume-{v}" for v in volumes) if volumes else f"volume-{volume_id}"
+    lines = [f"plan: {command} {what}, {len(steps)} steps (dry run: nothing was changed)"]
     for i, step in enumerate(plan.steps, 1):
         lines.append(f"{i:2d}. {step.name}")
         lines.extend(
@@ -402,11 +412,39 @@ def show_plan(out: Output, command: str, volume_id: str, plan: Plan) -> int:
         )
     lines.extend(f"note: {n}" for n in plan.notes)
     out.text("\n".join(lines))
-    out.document(
-        command,
-        {"volume": volume_id, "dry_run": True, "plan": steps, "notes": list(plan.notes)},
-    )
+    doc: dict[str, Any] = {"volume": volume_id, "dry_run": True, "plan": steps}
+    if volumes:
+        doc["volumes"] = list(volumes)
+    out.document(command, {**doc, "notes": list(plan.notes)})
     return EXIT_OK
+
+
+# -- group snapshots -------------------------------------------------------------------
+
+
+def member_doc(m: MemberResult) -> dict[str, Any]:
+    """One member of a group snapshot (its record), as JSON shows it."""
+    return {
+        "volume": m.volume_id,
+        "name": m.name,
+        "state": m.state,
+        "created": m.created if m.snapshot is not None else None,
+        "snapshot": snapshot_doc(m.snapshot) if m.snapshot is not None else None,
+        "error": m.error,
+    }
+
+
+def member_line(m: MemberResult, together: Sequence[str]) -> str:
+    """``volume-x: available: snapshot s1 (snapshot-41), created ...; with volume-y``."""
+    if m.snapshot is None:
+        what = f"snapshot {m.name}" + (f": {m.error}" if m.error else "")
+    elif m.created:
+        what = f"snapshot {snapshot_line(m.snapshot)}"
+    else:
+        what = f"snapshot {m.name} ({m.snapshot.ref.value}) already exists: nothing was changed"
+    others = [f"volume-{v}" for v in together if v != m.volume_id]
+    with_ = f"; at one moment with {', '.join(others)}" if others and m.snapshot else ""
+    return f"volume-{m.volume_id}: {m.state}: {what}{with_}"
 
 
 def recovery_doc(result: RecoveryResult) -> dict[str, Any]:
