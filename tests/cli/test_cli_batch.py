@@ -155,3 +155,36 @@ def detach_keeping_files(target: Target, instance: str, vmdk: str) -> None:
         task = vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[remove_disk_change(disk)]))
         info, _ = watch_task(si, task)
         assert info.state == "success"
+
+
+@pytest.mark.live
+def test_consistent_batch_takes_each_instances_volumes_at_one_moment(
+    private_sim: Simulator, tmp_path: Path
+) -> None:
+    info = private_sim.info
+    assert info is not None
+    ctl = private_sim.control()
+    target = Target("live", info.url, info.host, info.port, info.username, info.password,
+                    info.ca_file, info.thumbprint, ctl)  # fmt: skip
+    cli = Cli(target, tmp_path)
+    three = ctl.scenario("instance-three-volumes")
+    one = ctl.scenario("attached-volume")
+    detached = ctl.scenario("available-volume")["volumes"][0]["id"]
+    listed = [v["id"] for v in three["volumes"] + one["volumes"]] + [detached]
+    (tmp_path / "volumes.txt").write_text("\n".join(listed) + "\n")
+    ctl.reset_calls()
+    r = cli("batch", "snapshot", "--name", "c1", "--force", "--consistent",
+            "--file", str(tmp_path / "volumes.txt"), "--json")  # fmt: skip
+    assert r.code == 0, r.out + r.err
+    doc = r.json()
+    assert [x["volume"] for x in doc["results"]] == listed
+    assert all(x["ok"] for x in doc["results"])
+    # One temporary snapshot per instance (two), plus one per volume (five).
+    assert ctl.calls()["CreateSnapshot_Task"] == 2 + 5
+    for vid in listed:
+        assert snapshot_names(cli, vid) == ["c1"]
+    together = cli("list", three["volumes"][0]["id"], "--json").json()["snapshots"][0]
+    assert sorted(together["taken_with"]) == sorted(v["id"] for v in three["volumes"][1:])
+    r = cli("batch", "delete", "--name", "c1", "--consistent", "--file", "-")
+    assert r.code == 2
+    assert "--consistent applies to batch snapshot only" in r.err

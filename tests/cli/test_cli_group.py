@@ -44,10 +44,14 @@ def test_named_volumes_at_one_moment_text_and_json(cli: Cli, ops: Any) -> None:
         assert node is not None
         assert ctl.read_snapshot(node.ref.value, backing.disks[0].key)["tokens"] == want
 
-    # list shows which snapshots were taken together.
+    # list and check show which snapshots were taken together.
     listed = cli("list", a)
     assert listed.code == 0, listed.err
     assert f"with volume-{b}" in listed.out
+    checked = cli("check", b)
+    assert checked.code == 0, checked.err
+    assert f"Taken together:         db-1 with volume-{a}" in checked.out
+    assert cli("check", b, "--json").json()["volumes"][0]["snapshots"][0]["taken_with"] == [a]
 
     # Text, and a retry: nothing changes.
     ctl.reset_calls()

@@ -179,3 +179,41 @@ def test_deleting_an_attached_snapshot_then_compacting(
     # and each step's read (the backing's disk, the instance's state).
     assert sum(calls.values()) == 19, calls
     assert vc.ctl.bytes_copied()["total"] == 0
+
+
+def _group_counted(vc: Target, driver: Driver, n: int) -> tuple[int, int, dict[str, int]]:
+    """Round trips of a group snapshot of ``n`` volumes, then of ``n`` forced snapshots."""
+    seeded = vc.ctl.scenario("instance-three-volumes", volumes=n)
+    inst = seeded["instances"][0]
+    volumes = [Volume(v["id"], "in-use", inst["uuid"]) for v in seeded["volumes"]]
+    vc.ctl.reset_calls()
+    driver.create_group_snapshot(volumes, "group-1", force=True)
+    group = vc.ctl.calls()
+    vc.ctl.reset_calls()
+    for v in volumes:
+        driver.create_snapshot(v, "single-1", force=True)
+    single = vc.ctl.calls()
+    assert vc.ctl.bytes_copied()["total"] == 0
+    return sum(group.values()), sum(single.values()), group
+
+
+# N -> (round trips of one group snapshot of N volumes, then of N forced
+# snapshots of the same volumes one by one). The group: 10 + 10 N (per member
+# two FindByUuid and one read to resolve, its backing's snapshot and hand-over
+# as tasks of three round trips each, one read back; once: the instance's
+# snapshot and its removal, the guard, the reads). One by one, every forced
+# snapshot also hands the instance's new delta to each other volume's backing.
+GROUP_COSTS = {1: (18, 17), 2: (28, 60), 4: (48, 240)}
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("n", list(GROUP_COSTS))
+def test_group_snapshot_costs_one_instance_snapshot(
+    vc: Target, tmp_path: Path, quick_tasks: None, n: int
+) -> None:
+    with fresh_driver(vc, tmp_path) as driver:
+        group, single, calls = _group_counted(vc, driver, n)
+    # One temporary snapshot of the instance for the N volumes, one removal.
+    assert calls["CreateSnapshot_Task"] == 1 + n
+    assert calls["RemoveSnapshot_Task"] == 1
+    assert (group, single) == GROUP_COSTS[n], calls

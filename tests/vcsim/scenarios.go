@@ -74,9 +74,22 @@ var scenarios = map[string]scenario{
 		return twoVolumes(ctx, b)
 	},
 	// A root disk and three volumes (a database's data, log and temp
-	// volumes): the group snapshot's scenario.
-	"instance-three-volumes": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
-		return volumes(ctx, b, "vol-a", "vol-b", "vol-c")
+	// volumes): the group snapshot's scenario. Option: volumes (1 to 8, the
+	// number of volumes, default 3).
+	"instance-three-volumes": func(ctx context.Context, s *sim, b *builder, params map[string]string) error {
+		n := 3
+		if v := params["volumes"]; v != "" {
+			parsed, err := strconv.Atoi(v)
+			if err != nil || parsed < 1 || parsed > 8 {
+				return fmt.Errorf("volumes: %q is not a number from 1 to 8", v)
+			}
+			n = parsed
+		}
+		roles := make([]string, n)
+		for i := range roles {
+			roles[i] = fmt.Sprintf("vol-%c", 'a'+i)
+		}
+		return volumes(ctx, b, roles...)
 	},
 	// Blueprint Work Flow 2: the instance (root disk and two attached
 	// volumes) was storage-vMotioned from ds-shared-1 to ds-shared-2 after

@@ -50,6 +50,7 @@ def register(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
         """
         vmdk-snap batch snapshot --name nightly-2026-11-21 --force --all-attached --concurrency 4
         vmdk-snap batch snapshot --name before-upgrade --file volumes.txt
+        vmdk-snap batch snapshot --name db-0300 --force --consistent --all-attached
         vmdk-snap batch delete --name nightly-2026-11-14 --file volumes.txt --json
         grep -v '^#' volumes.txt | vmdk-snap batch check --file -
         """,
@@ -61,6 +62,12 @@ def register(sub: _Subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="snapshot name (snapshot, delete)")
     p.add_argument("--force", action="store_true", help="snapshot attached volumes too")
     p.add_argument("--quiesce", action="store_true", help="quiesce guests (snapshot)")
+    p.add_argument(
+        "--consistent",
+        action="store_true",
+        help="snapshot: the listed volumes of each instance at one moment (one group "
+        "snapshot per instance: all of them or none)",
+    )
     p.add_argument("--concurrency", type=int, default=2, help="volumes at once (default 2)")
     p.set_defaults(run=run_batch)
 
@@ -149,10 +156,31 @@ def _one(ctx: Context, workers: _Workers, text: str) -> Outcome:
     return Outcome(text, EXIT_OK, "ok", message)
 
 
+def _group(ctx: Context, workers: _Workers, texts: list[str]) -> list[Outcome]:
+    """The listed volumes of one instance at one moment: one outcome per member."""
+    a = ctx.args
+    try:
+        volumes = [parse_volume(t) for t in texts]
+        result = workers.driver().create_group_snapshot(
+            volumes, a.name, force=a.force, quiesce=a.quiesce
+        )
+    except Exception as exc:  # the group failed: every member with it
+        code, kind = classify(exc)
+        log.info("batch: group %s failed", texts, exc_info=True)
+        return [Outcome(t, code, kind, one_line(exc)) for t in texts]
+    together = [m.volume_id for m in result.members]
+    return [
+        Outcome(t, EXIT_OK, "ok", views.member_line(m, together).split(": ", 1)[1])
+        for t, m in zip(texts, result.members, strict=True)
+    ]
+
+
 def run_batch(ctx: Context) -> int:
     a = ctx.args
     if a.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if a.consistent and a.operation != "snapshot":
+        raise UsageError("--consistent applies to batch snapshot only")
     if a.operation in ("snapshot", "delete"):
         if not a.name:
             raise UsageError(f"batch {a.operation} needs --name NAME")
@@ -172,8 +200,14 @@ def run_batch(ctx: Context) -> int:
         for v in volumes:
             vid = v.removeprefix("volume-")
             groups.setdefault(inventory.instance_of.get(vid, "volume:" + vid), []).append(v)
+
+        def run(key: str, group: list[str]) -> list[Outcome]:
+            if a.consistent and not key.startswith("volume:"):
+                return _group(ctx, workers, group)
+            return [_one(ctx, workers, v) for v in group]
+
         with ThreadPoolExecutor(max_workers=a.concurrency, thread_name_prefix="batch") as pool:
-            done = pool.map(lambda group: [_one(ctx, workers, v) for v in group], groups.values())
+            done = pool.map(lambda item: run(*item), groups.items())
             by_volume = {o.volume: o for group in done for o in group}
     finally:
         workers.close()

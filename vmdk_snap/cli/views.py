@@ -342,6 +342,14 @@ def check_text(s: VolumeState) -> str:
     copy_out = _copy_out_text(s)
     if copy_out is not None:
         fields.append(("Copy-out", copy_out))
+    together = [
+        f"{n.name} with " + ", ".join(f"volume-{v}" for v in taken_with(n.description))
+        for root in s.snapshots
+        for n in root.walk()
+        if taken_with(n.description)
+    ]
+    if together:
+        fields.append(("Taken together", "; ".join(together)))
     # One line per piece of advice, aligned under the first.
     indent = " " * (max(len(k) for k, _ in fields) + 3)
     fields.append(("Advice", f"\n{indent}".join(advice_items(s)) or "none: ready for snapshots"))
