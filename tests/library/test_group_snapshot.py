@@ -23,6 +23,7 @@ from tests.workflow_checks import (
 )
 from vmdk_snap.driver import Volume
 from vmdk_snap.errors import InvalidInput, InvalidState, QuiesceFailed, VmdkSnapError
+from vmdk_snap.workflows.engine import Incomplete
 
 
 def _seed(vc: Target, ops: Any, scenario: str = "instance-three-volumes") -> tuple[Any, ...]:
@@ -189,4 +190,33 @@ def test_the_group_leaves_chains_compaction_merges(vc: Target, ops: Any, tmp_pat
     assert [len(d.chain) for d in instance.disks] == start
     assert not instance.consolidation_needed
     assert [_tokens(vc, inst["moref"], k) for k in keys] == tokens
+    assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+def test_a_group_leftover_is_reported_never_settled_as_one_volumes(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    seeded, inst, vols, _keys = _seed(vc, ops, "instance-two-volumes")
+    driver = make_driver(ops, tmp_path / "made-it")
+    vc.ctl.inject_fault("RemoveSnapshot_Task", "task", "FileLocked")
+    try:
+        with pytest.raises(Incomplete) as err:
+            driver.create_group_snapshot(_in_use(vols, inst), "g", force=True)
+    finally:
+        vc.ctl.clear_faults()
+    assert err.value.members is not None
+    assert [m.state for m in err.value.members] == ["creating", "creating"]
+    # Another journal (another host) finds the temporary snapshot: it is a
+    # group's, so it is reported, even with --adopt.
+    (left,) = make_driver(ops, tmp_path / "elsewhere").recover(adopt=True)
+    assert left.outcome == "left"
+    assert "not one volume snapshot's temporary snapshot" in left.detail
+    assert [n.name for n in ops.get_vm(vm(inst["moref"])).all_snapshots()] != []
+    # The journal that made it finishes it.
+    (done,) = driver.recover()
+    assert done.outcome == "finished"
+    (record,) = driver.journal.workflows(vols[0]["id"])
+    assert [m["state"] for m in record.params["members"]] == ["available", "available"]
+    assert ops.get_vm(vm(inst["moref"])).snapshots == ()
     assert_files_consistent(vc, seeded)

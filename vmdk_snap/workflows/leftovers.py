@@ -146,6 +146,17 @@ def find_leftovers(vms: Sequence[VmInfo], records: Sequence[WorkflowRecord]) -> 
 
 def judge(leftover: Leftover, state: SeenVolume) -> Verdict:
     """Which way the forced snapshot that left it had gone, from vCenter's state."""
+    group = leftover.record is not None and leftover.record.kind == "snapshot_group"
+    if group or leftover.name is None:
+        # A group snapshot's (or unnamed): one volume's state cannot say how
+        # every member's went.
+        return Verdict(
+            None,
+            "it is not one volume snapshot's temporary snapshot (its description: "
+            f"{leftover.node.description or 'none'!r}): run `vmdk-snap recover` with the journal "
+            "of the host that made it; if none has it, check each volume named there with "
+            "`vmdk-snap check`, delete half-made snapshots, then remove it in vCenter",
+        )
     vdisk = state.volume_disk
     on_top = vdisk is not None and state.backing_disk.path == vdisk.path
     name = leftover.name
