@@ -26,23 +26,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from vmdk_snap.errors import InvalidInput, InvalidState, VmdkSnapError
 from vmdk_snap.strategies import AttachedStrategy, VolumeState
 from vmdk_snap.types import SnapshotNode
 from vmdk_snap.volume_state import IN_USE, Volume, check_status
+from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.workflows import journal as jn
-from vmdk_snap.workflows.engine import Incomplete, Plan, plan_of
+from vmdk_snap.workflows.engine import Engine, Incomplete, Plan, plan_of
 from vmdk_snap.workflows.group import AVAILABLE, CREATING, ERROR, GROUP_KIND, made_snapshots
+from vmdk_snap.workflows.journal import Journal
 from vmdk_snap.workflows.locks import InstanceLock
 from vmdk_snap.workflows.stepctx import OpsContext, ref_of
 from vmdk_snap.workflows.table import build_steps, temp_snapshot_name, validate_snapshot_name
-
-if TYPE_CHECKING:
-    from vmdk_snap.driver import Driver
 
 __all__ = [
     "GroupSnapshotResult",
@@ -89,10 +89,37 @@ def finalise_records(params: dict[str, Any], state: str, error: str | None = Non
         m["error"] = error
 
 
+class _Driver(Protocol):
+    """What group snapshots use of :class:`~vmdk_snap.driver.Driver`."""
+
+    ops: VolumeOps
+    journal: Journal
+    lock_dir: Path
+    instance_wait: float
+
+    @property
+    def _engine(self) -> Engine[OpsContext]: ...
+
+    def _state(self, volume: Volume, *, verify: bool = False) -> VolumeState: ...
+
+    def _locked(self, volume: Volume) -> AbstractContextManager[None]: ...
+
+    def _take(
+        self,
+        volume: Volume,
+        state: VolumeState,
+        name: str,
+        *,
+        force: bool,
+        quiesce: bool,
+        on_progress: Any,
+    ) -> Any: ...
+
+
 class GroupSnapshots:
     """The group snapshot calls of a :class:`~vmdk_snap.driver.Driver`."""
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: _Driver) -> None:
         self.driver = driver
 
     # -- checks before any change ----------------------------------------------

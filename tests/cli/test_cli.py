@@ -169,7 +169,15 @@ def test_forced_snapshot_keeps_the_volume_content_and_consolidates_only_that_vol
     assert doc["volume"] == vol["id"]
     snap = doc["snapshot"]
     assert snap["name"] == "wf2-snap"
-    assert set(snap) == {"name", "description", "moref", "created", "quiesced", "children"}
+    assert set(snap) == {
+        "name",
+        "description",
+        "moref",
+        "created",
+        "quiesced",
+        "taken_with",
+        "children",
+    }
 
     backing = cli("list", vol["id"], "--json").json()["backing"]
     assert ctl.read_snapshot(snap["moref"], backing["disk"]["key"])["tokens"] == content

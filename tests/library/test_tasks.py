@@ -33,6 +33,12 @@ def _assert_task_op(vc: Target, calls: Mapping[str, int], start: str) -> None:
     assert calls == {start: 1, "ModifyListView": 1, "WaitForUpdatesEx": waits}
 
 
+def _two_backings(vc: Target) -> list[Moref]:
+    """Two available volumes' backings (snapshotting an attached one's would
+    need its instance off: a running instance locks the file it writes)."""
+    return [vm(vc.ctl.scenario("available-volume")["volumes"][0]["moref"]) for _ in range(2)]
+
+
 @pytest.mark.cassette
 def test_a_task_op_costs_three_round_trips_from_login(
     clean_sim: Target, session: Session, ops: VolumeOps
@@ -113,8 +119,7 @@ def test_threads_sharing_the_watcher_do_not_wait_on_each_other(
     clean_sim: Target, session: Session, ops: VolumeOps
 ) -> None:
     vc = clean_sim
-    seeded = vc.ctl.scenario("instance-two-volumes")
-    slow_vm, quick_vm = (vm(v["moref"]) for v in seeded["volumes"])
+    slow_vm, quick_vm = _two_backings(vc)
     ops.create_snapshot(quick_vm, "warm-up")
     vc.ctl.set_task_time("CreateSnapshot_Task", 4000)
     slow = ops.start_create_snapshot(slow_vm, "slow")
@@ -151,8 +156,7 @@ def test_threads_sharing_the_watcher_do_not_wait_on_each_other(
 
 @pytest.mark.cassette
 def test_one_filter_waits_for_several_tasks(vc: Target, session: Session, ops: VolumeOps) -> None:
-    seeded = vc.ctl.scenario("instance-two-volumes")
-    backings = [vm(v["moref"]) for v in seeded["volumes"]]
+    backings = _two_backings(vc)
     tasks = [ops.start_create_snapshot(b, "together") for b in backings]
     results = wait_for_tasks(session, tasks, timeout=30)
     assert len(results) == 2
@@ -356,8 +360,7 @@ def test_closing_the_session_destroys_the_filters(vc: Target) -> None:
 def test_two_sessions_wait_at_the_same_time(clean_sim: Target) -> None:
     """Each session's watcher has a collector of its own (see vmdk_snap.vsphere.tasks)."""
     vc = clean_sim
-    seeded = vc.ctl.scenario("instance-two-volumes")
-    backings = [vm(v["moref"]) for v in seeded["volumes"]]
+    backings = _two_backings(vc)
     vc.ctl.set_task_time("CreateSnapshot_Task", 1500)
     made: dict[Moref, object] = {}
 
