@@ -101,6 +101,8 @@ class Case:
     run: Callable[[Driver], Any]
     morefs: list[str]
     assert_done: Callable[[], None]
+    # VMs whose consolidationNeeded a rollback may set (see _follow_kept).
+    loose_flags: tuple[str, ...] = ()
 
 
 Prepare = Callable[[Target, Any, Driver], Case]
@@ -396,6 +398,12 @@ def _follow_kept(vc: Target, ops: Any, driver: Driver) -> Case:
         lambda d: d.create_snapshot(volume, "snap-f", force=True),
         [inst["moref"], vol_a["moref"], vol_b["moref"]],
         done,
+        # b-keep's forced snapshot left volume a's backing on a delta the
+        # instance shares (it followed). Removing a's new snapshot on rollback
+        # (consolidate=True, nothing to merge) makes vCenter recompute a's
+        # consolidationNeeded, which a delta over its base shows: a flag, no
+        # file or data changes (the rest is compared exactly).
+        loose_flags=(vol_a["moref"],),
     )
 
 
@@ -461,8 +469,15 @@ def _as_before(vc: Target, ops: Any, case: Case, before: World) -> None:
     after = world(vc, ops, *case.morefs)
     assert after.trees == before.trees
     assert after.homes == before.homes
-    assert after.chains == before.chains
+    assert _flags_loose(after.chains, case) == _flags_loose(before.chains, case)
     assert after.files == before.files
+
+
+def _flags_loose(chains: dict[str, Any], case: Case) -> dict[str, Any]:
+    return {
+        m: {k: v for k, v in c.items() if k != "consolidation_needed" or m not in case.loose_flags}
+        for m, c in chains.items()
+    }
 
 
 def _one(  # noqa: PLR0917
