@@ -161,6 +161,8 @@ with Session(url, user, os.environ["VMDK_SNAP_TEST_PASSWORD"], ca_file=ca) as s:
         driver.delete_snapshot(Volume(vol, "available"), "snapshot-1")
     elif op == "compact":
         driver.compact(Volume(vol, "in-use", inst))
+    elif op == "delete-attached":
+        driver.delete_snapshot(Volume(vol, "in-use", inst), "snapshot-1")
     elif op == "group":
         members = [Volume(v, "in-use", inst) for v in vol.split(",")]
         driver.create_group_snapshot(members, "snapshot-1", force=True)
@@ -971,3 +973,33 @@ def test_kill_during_a_group_snapshot_then_recover(
     for k, want in zip(keys, tokens, strict=True):
         assert vc.ctl.read_disk(inst["moref"], k)["tokens"] == want
     assert_files_consistent(vc, seeded)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("before_task_id", [False, True], ids=["task-journaled", "task-unknown"])
+def test_kill_while_deleting_unused_copies_then_recover(
+    vc: Target, ops: Any, tmp_path: Path, before_task_id: bool
+) -> None:
+    """The last copied-out snapshot deleted, killed while its copies are deleted:
+    recover deletes the rest; the instance's data and files are intact."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    volume = Volume(vol["id"], "in-use", inst["uuid"])
+    setup = Driver(ops, journal_path=tmp_path / "setup.sqlite", copy_depth=1)
+    setup.create_snapshot(volume, "snapshot-0", force=True)
+    setup.create_snapshot(volume, "snapshot-1", force=True)  # copies both out
+    setup.delete_snapshot(volume, "snapshot-0")
+    key = volume_disk_key(ops, vol, inst["moref"])
+    vc.ctl.write(inst["moref"], key, "after")
+    tokens = vc.ctl.read_disk(inst["moref"], key)["tokens"]
+    _killed_at(
+        vc, tmp_path, "delete_unused_copies", vol["id"], inst["uuid"],
+        before_task_id=before_task_id, op="delete-attached", method="DeleteVirtualDisk_Task",
+    )  # fmt: skip
+    driver = make_driver(ops, tmp_path)
+    (result,) = driver.recover()
+    assert result.outcome == "finished"
+    time.sleep(1.6)  # a delete recover failed to wait for would show below
+    assert ops.get_vm(vm(vol["moref"])).snapshots == ()
+    assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == tokens
+    assert_files_consistent(vc, seeded)  # no copy left behind
