@@ -911,8 +911,11 @@ def test_kill_at_the_steps_of_a_backing_with_snapshots_then_recover(
     assert_files_consistent(vc, seeded)
 
 
-# A group snapshot of three volumes: step -> (the task's method, how it ends).
+# A group snapshot of three volumes: step -> (the task's method, how it ends);
+# the consolidation steps on Work Flow 2 (two volumes, instance moved).
 GROUP_STEPS: dict[str, tuple[str, str]] = {
+    "relocate_backing_1": ("RelocateVM_Task", "rolled_back"),
+    "swap_backing_disk_0": ("ReconfigVM_Task", "rolled_back"),
     "snapshot_instance": ("CreateSnapshot_Task", "rolled_back"),
     "snapshot_backing_1": ("CreateSnapshot_Task", "rolled_back"),
     "hand_over_top_0": ("ReconfigVM_Task", "finished"),  # the point of no return
@@ -928,7 +931,8 @@ def test_kill_during_a_group_snapshot_then_recover(
     vc: Target, ops: Any, tmp_path: Path, step: str, before_task_id: bool
 ) -> None:
     """All members or none, their data intact, and the records say which."""
-    seeded = vc.ctl.scenario("instance-three-volumes")
+    moved = step.startswith(("relocate_backing", "swap_backing_disk"))
+    seeded = vc.ctl.scenario("workflow2" if moved else "instance-three-volumes")
     inst, vols = seeded["instances"][0], seeded["volumes"]
     keys = [volume_disk_key(ops, v, inst["moref"]) for v in vols]
     tokens = [vc.ctl.read_disk(inst["moref"], k)["tokens"] for k in keys]
