@@ -71,6 +71,7 @@ func (s *sim) middleware(next http.Handler) http.Handler {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
+		body = unprefixTypes(body) // suds.go
 		method := soapMethod(body)
 		s.mu.Lock()
 		s.calls[method]++
@@ -81,6 +82,7 @@ func (s *sim) middleware(next http.Handler) http.Handler {
 				writeFault(w, "The session is not authenticated.", notAuthenticated(body))
 				return
 			}
+			body := flattenTraversal(method, body) // traversal.go
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
 			if method == "DisableMethods" || method == "EnableMethods" {

@@ -1,0 +1,86 @@
+"""oslo.vmware, Cinder's vSphere client, against our simulator (issue 13, first part).
+
+A client no one here wrote, through a WSDL generated at test time
+(:mod:`tests.cinder.wsdl`), in a process of its own patched by eventlet as
+cinder-volume is (:mod:`tests.cinder.oslo_child`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.cinder.wsdl import vim_wsdl
+from tests.conftest import Target, child_env
+
+pytest.importorskip("oslo_vmware")
+
+
+def oslo(vc: Target, *calls: list[Any]) -> list[dict[str, Any]]:
+    """Run ``calls`` through oslo.vmware in a child process; their results."""
+    request = {
+        "url": vc.url,
+        "username": vc.username,
+        "password": vc.password,
+        "ca_file": vc.ca_file,
+        "wsdl": vim_wsdl().as_uri(),
+        "calls": list(calls),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.cinder.oslo_child"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+@pytest.mark.live
+def test_the_generated_wsdl_is_cached_and_names_the_calls_cinder_makes() -> None:
+    path = vim_wsdl()
+    assert vim_wsdl() == path  # the second call finds it
+    text = (path.parent / "vim.wsdl").read_text()
+    for method in (
+        "RetrieveServiceContent",
+        "Login",
+        "RetrievePropertiesEx",
+        "CreateSnapshot_Task",
+        "CloneVM_Task",
+        "ExtendVirtualDisk_Task",
+        "FindAllByUuid",
+        "RegisterExtension",
+    ):
+        assert f'<operation name="{method}">' in text, method
+    # Derived from the shipped schema, which stays oslo.vmware's file.
+    assert (path.parent / "vim-types.xsd").is_symlink()
+
+
+@pytest.mark.live
+def test_oslo_vmware_logs_in_reads_and_snapshots(vc: Target) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    hosts, datastores, name, snap, missing = oslo(
+        vc,
+        ["objects", "HostSystem", ["name"]],
+        ["objects", "Datastore", ["summary.name", "summary.type"]],
+        ["property", "VirtualMachine", vol["moref"], "name"],
+        ["snapshot", vol["moref"], "by-oslo"],
+        ["property", "VirtualMachine", "vm-nope", "name"],
+    )
+    assert {h["name"] for h in hosts["result"]} == {"DC0_C0_H0", "DC0_C0_H1"}
+    names = {d["summary.name"] for d in datastores["result"]}
+    assert {"ds-shared-1", "ds-shared-2"} <= names
+    assert name["result"] == f"volume-{vol['id']}"
+    # The snapshot is really there, as pyVmomi and our simulator see it.
+    tree = vc.ctl.chain(vol["moref"])
+    assert snap["result"].startswith("snapshot-")
+    assert tree["disks"][0]["chain"][0] != vol["vmdk"]  # a delta on top now
+    assert missing["error"] == "ManagedObjectNotFoundException"
