@@ -10,7 +10,12 @@ document: each call's result, or the oslo.vmware exception it raised
   ``{"moref", <property>: value}``;
 - ``["property", type, moref, path]``: ``vim_util.get_object_property``;
 - ``["snapshot", moref, name]``: ``CreateSnapshot_Task`` and ``wait_for_task``,
-  the snapshot's moref.
+  the snapshot's moref;
+- ``["invoke", method, this, {arg: value}]``: any method on a service
+  content object (``this``: e.g. ``searchIndex``, ``extensionManager``) with
+  plain arguments, its result;
+- ``["register_extension", key]``: ``RegisterExtension`` of an extension
+  built as Cinder's driver builds its own.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import eventlet
 
 eventlet.monkey_patch()
 
-import json  # noqa: E402 - after the patch, as in cinder-volume
+import datetime  # noqa: E402 - after the patch, as in cinder-volume
+import json  # noqa: E402
 import sys  # noqa: E402
 import urllib.parse  # noqa: E402
 from typing import Any  # noqa: E402
@@ -74,6 +80,25 @@ def _call(session: api.VMwareAPISession, call: list[Any]) -> Any:
             quiesce=False,
         )
         return str(session.wait_for_task(task).result.value)
+    if what == "invoke":
+        _, method, this, kwargs = call
+        target = getattr(session.vim.service_content, this)
+        return _plain(session.invoke_api(session.vim, method, target, **kwargs))
+    if what == "register_extension":
+        _, key = call
+        factory = session.vim.client.factory
+        ext = factory.create("ns0:Extension")
+        ext.key = key
+        ext.company = "OpenStack Foundation"
+        ext.version = "1.0"
+        ext.type = "cinder"
+        description = factory.create("ns0:Description")
+        description.label = key
+        description.summary = "OpenStack services"
+        ext.description = description
+        ext.lastHeartbeatTime = datetime.datetime.now(datetime.UTC).isoformat()
+        manager = session.vim.service_content.extensionManager
+        return _plain(session.invoke_api(session.vim, "RegisterExtension", manager, extension=ext))
     raise ValueError(f"unknown call {what!r}")
 
 

@@ -84,3 +84,39 @@ def test_oslo_vmware_logs_in_reads_and_snapshots(vc: Target) -> None:
     assert snap["result"].startswith("snapshot-")
     assert tree["disks"][0]["chain"][0] != vol["vmdk"]  # a delta on top now
     assert missing["error"] == "ManagedObjectNotFoundException"
+
+
+@pytest.mark.live
+def test_what_cinders_driver_asks_at_setup(vc: Target) -> None:
+    """do_setup's calls: the extension, the instance by UUID, the datastores."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst = seeded["instances"][0]
+    key = f"org.openstack.storage.{inst['uuid'][:8]}"  # the simulator is shared
+    found_none, registered, found, again, by_uuid, none, datastores, hosts = oslo(
+        vc,
+        ["invoke", "FindExtension", "extensionManager", {"extensionKey": key}],
+        ["register_extension", key],
+        ["invoke", "FindExtension", "extensionManager", {"extensionKey": key}],
+        ["register_extension", key],
+        ["invoke", "FindAllByUuid", "searchIndex",
+         {"uuid": inst["uuid"], "vmSearch": True, "instanceUuid": True}],
+        ["invoke", "FindAllByUuid", "searchIndex",
+         {"uuid": "00000000-0000-0000-0000-000000000000", "vmSearch": True,
+          "instanceUuid": True}],
+        ["objects", "Datastore", ["summary.name", "summary.type", "host"]],
+        ["objects", "HostSystem", ["name"]],
+    )  # fmt: skip
+    assert found_none["result"] in (None, [], "")
+    assert "error" not in registered, registered
+    assert found["result"]["key"] == key
+    assert found["result"]["company"] == "OpenStack Foundation"
+    assert again["error"] == "VimFaultException"  # a key is registered once
+    assert by_uuid["result"] == [inst["moref"]]
+    assert none["result"] in (None, [], "")
+    by_name = {d["summary.name"]: d for d in datastores["result"]}
+    assert by_name["ds-shared-1"]["summary.type"] == "VMFS"
+    mounts = by_name["ds-shared-1"]["host"]["DatastoreHostMount"]
+    host = {h["name"]: h["moref"] for h in hosts["result"]}
+    assert {m["key"] for m in mounts} == set(host.values())  # both hosts mount it
+    local = by_name["ds-local-h0"]["host"]["DatastoreHostMount"]
+    assert [m["key"] for m in local] == [host["DC0_C0_H0"]]

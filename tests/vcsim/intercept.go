@@ -39,6 +39,12 @@ type passThrough struct{ types.MethodFault }
 // behaviour register theirs in an init function.
 var interceptors = map[string]interceptor{}
 
+// rawInterceptor handles a method whose answer is not one reference: it
+// returns the response element's content (e.g. several <returnval>s).
+type rawInterceptor func(s *sim, call *soapCall) (string, types.BaseMethodFault)
+
+var rawInterceptors = map[string]rawInterceptor{}
+
 const soapEnvelopeStart = `<?xml version="1.0" encoding="UTF-8"?>` +
 	`<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" ` +
 	`xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" ` +
@@ -66,7 +72,8 @@ func authenticated(next http.Handler, r *http.Request) bool {
 // is not intercepted and the stock handler should run.
 func (s *sim) intercept(next http.Handler, w http.ResponseWriter, r *http.Request, method string, body []byte) bool {
 	handler, ok := interceptors[method]
-	if !ok {
+	raw, isRaw := rawInterceptors[method]
+	if !ok && !isRaw {
 		return false
 	}
 	if !authenticated(next, r) {
@@ -79,6 +86,18 @@ func (s *sim) intercept(next http.Handler, w http.ResponseWriter, r *http.Reques
 		return true
 	}
 	call := &soapCall{Name: method, This: decoded.This, Body: decoded.Body}
+	if isRaw {
+		content, fault := raw(s, call)
+		if fault != nil {
+			writeFault(w, faultMessage(fault), fault)
+			return true
+		}
+		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		fmt.Fprintf(w, `%s<%sResponse xmlns="urn:vim25">%s</%sResponse>%s`,
+			soapEnvelopeStart, method, content, method, soapEnvelopeEnd)
+		return true
+	}
 	ref, fault := handler(s, call)
 	if _, ok := fault.(*passThrough); ok {
 		return false

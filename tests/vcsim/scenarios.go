@@ -284,6 +284,27 @@ func (s *sim) createInventory(ctx context.Context) error {
 				})
 			}
 		}
+		// As vCenter shows a datastore on block storage: of type VMFS,
+		// with every host that mounts it in Datastore.host (the stock
+		// local datastore keeps only the last host that created it).
+		if mo := datastoreByName(m.name); mo != nil {
+			var mounted []types.DatastoreHostMount
+			for _, h := range m.hosts {
+				mounted = append(mounted, types.DatastoreHostMount{
+					Key: h.Reference(),
+					MountInfo: types.HostMountInfo{
+						Path:       dir,
+						AccessMode: string(types.HostMountModeReadWrite),
+						Mounted:    types.NewBool(true),
+						Accessible: types.NewBool(true),
+					},
+				})
+			}
+			simulator.Map.WithLock(mo, func() {
+				mo.Host = mounted
+				mo.Summary.Type = string(types.HostFileSystemVolumeFileSystemTypeVMFS)
+			})
+		}
 	}
 	return nil
 }
