@@ -14,6 +14,8 @@ document: each call's result, or the oslo.vmware exception it raised
 - ``["invoke", method, this, {arg: value}]``: any method on a service
   content object (``this``: e.g. ``searchIndex``, ``extensionManager``) with
   plain arguments, its result;
+- ``["task", method, type, moref, {arg: value}]``: a task method on an
+  object, waited for with ``wait_for_task``, its state;
 - ``["register_extension", key]``: ``RegisterExtension`` of an extension
   built as Cinder's driver builds its own.
 """
@@ -84,6 +86,10 @@ def _call(session: api.VMwareAPISession, call: list[Any]) -> Any:
         _, method, this, kwargs = call
         target = getattr(session.vim.service_content, this)
         return _plain(session.invoke_api(session.vim, method, target, **kwargs))
+    if what == "task":
+        _, method, kind, value, kwargs = call
+        task = session.invoke_api(session.vim, method, _moref(kind, value), **kwargs)
+        return str(session.wait_for_task(task).state)
     if what == "register_extension":
         _, key = call
         factory = session.vim.client.factory

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.cinder.wsdl import vim_wsdl
 from tests.conftest import Target, child_env
+from tests.workflow_checks import make_driver, vm
+from vmdk_snap.driver import Volume
 
 pytest.importorskip("oslo_vmware")
 
@@ -120,3 +123,29 @@ def test_what_cinders_driver_asks_at_setup(vc: Target) -> None:
     assert {m["key"] for m in mounts} == set(host.values())  # both hosts mount it
     local = by_name["ds-local-h0"]["host"]["DatastoreHostMount"]
     assert [m["key"] for m in local] == [host["DC0_C0_H0"]]
+
+
+@pytest.mark.live
+def test_faults_and_guards_apply_to_suds_requests(vc: Target, ops: Any, tmp_path: Path) -> None:
+    """suds names the object as <ns0:_this>: injected faults aimed at an object
+    and the Consolidate guard see it as they see pyVmomi's requests."""
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    other = vc.ctl.scenario("available-volume")["volumes"][0]
+    # Our forced snapshot leaves vSphere's Consolidate disabled on the instance.
+    make_driver(ops, tmp_path).create_snapshot(
+        Volume(vol["id"], "in-use", inst["uuid"]), "s1", force=True
+    )
+    vc.ctl.inject_fault("CreateSnapshot_Task", "task", "FileLocked", match=f">{other['moref']}<")
+    try:
+        consolidate, failed = oslo(
+            vc,
+            ["task", "ConsolidateVMDisks_Task", "VirtualMachine", inst["moref"], {}],
+            ["snapshot", other["moref"], "aimed-at"],
+        )
+    finally:
+        vc.ctl.clear_faults()
+    assert "MethodDisabled" in consolidate["message"], consolidate
+    assert "vmdk-snap" in consolidate["message"]  # our reason, naming what to do
+    assert "FileLocked" in failed["message"] or failed["error"] == "FileLockedException", failed
+    assert ops.get_vm(vm(other["moref"])).snapshots == ()

@@ -127,7 +127,9 @@ func fillRefs(v reflect.Value, this types.ManagedObjectReference) {
 	}
 }
 
-var thisRE = regexp.MustCompile(`<_this[^>]*\stype="([^"]+)"[^>]*>([^<]+)</_this>`)
+// The element may carry a namespace prefix (suds, i.e. oslo.vmware and
+// Cinder, sends <ns0:_this type="VirtualMachine">vm-1</ns0:_this>).
+var thisRE = regexp.MustCompile(`<(?:[\w-]+:)?_this[^>]*\stype="([^"]+)"[^>]*>([^<]+)</(?:[\w-]+:)?_this>`)
 
 // thisOf returns the _this reference of a SOAP request, without decoding it.
 func thisOf(body []byte) types.ManagedObjectReference {
