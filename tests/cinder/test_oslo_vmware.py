@@ -149,3 +149,18 @@ def test_faults_and_guards_apply_to_suds_requests(vc: Target, ops: Any, tmp_path
     assert "vmdk-snap" in consolidate["message"]  # our reason, naming what to do
     assert "FileLocked" in failed["message"] or failed["error"] == "FileLockedException", failed
     assert ops.get_vm(vm(other["moref"])).snapshots == ()
+
+
+@pytest.mark.live
+def test_a_keyed_property_path_reads_one_extra_config_entry(vc: Target) -> None:
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = f"volume-{vol['id']}"
+    entry, missing = oslo(
+        vc,
+        ["property", "VirtualMachine", inst["moref"], f'config.extraConfig["{key}"]'],
+        ["property", "VirtualMachine", inst["moref"], 'config.extraConfig["no-such-key"]'],
+    )
+    assert entry["result"]["key"] == key
+    assert entry["result"]["value"]  # Nova's key holds the disk's uuid
+    assert missing["result"] is None

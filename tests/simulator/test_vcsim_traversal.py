@@ -73,3 +73,27 @@ def test_cyclic_specs_reach_every_object_once_and_honour_types(vc: Target) -> No
     assert {seeded["instances"][0]["name"], f"volume-{seeded['volumes'][0]['id']}"} <= vms
     assert {"ds-shared-1", "ds-shared-2", "ds-local-h0"} <= datastores
     assert len(only_root) == 1  # the root folder itself, nothing below it
+
+
+@pytest.mark.live
+def test_a_keyed_path_returns_one_option_beside_ordinary_paths(vc: Target) -> None:
+    from pyVmomi import vim  # noqa: PLC0415
+
+    seeded = vc.ctl.scenario("attached-volume")
+    inst, vol = seeded["instances"][0], seeded["volumes"][0]
+    key = f"volume-{vol['id']}"
+    with connect(vc) as si:
+        content = si.RetrieveContent()
+        vm = vim.VirtualMachine(inst["moref"], si._stub)
+        paths = ["name", "config.extraConfig", f'config.extraConfig["{key}"]']
+        spec = PC.FilterSpec(
+            objectSet=[PC.ObjectSpec(obj=vm)],
+            propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=paths)],
+        )
+        collector = content.propertyCollector
+        (obj,) = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions()).objects
+        props = {p.name: p.val for p in obj.propSet}
+    extra = {o.key: o.value for o in props["config.extraConfig"]}
+    assert props["name"] == inst["name"]
+    option = props[f'config.extraConfig["{key}"]']
+    assert (option.key, option.value) == (key, extra[key])

@@ -82,9 +82,13 @@ func (s *sim) middleware(next http.Handler) http.Handler {
 				writeFault(w, "The session is not authenticated.", notAuthenticated(body))
 				return
 			}
-			body := flattenTraversal(method, body) // traversal.go
+			body, keyed := flattenTraversal(method, body) // traversal.go
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
+			if keyed != nil {
+				serveKeyed(next, w, r, method, keyed) // keyed.go
+				return
+			}
 			if method == "DisableMethods" || method == "EnableMethods" {
 				if !authenticated(next, r) {
 					writeFault(w, "The session is not authenticated.", &types.NotAuthenticated{})

@@ -22,16 +22,24 @@ import (
 	"github.com/vmware/govmomi/vim25/xml"
 )
 
+// keyedRequest is what a RetrieveProperties(Ex) asked of keyed property
+// paths (keyed.go), which the stock collector does not know.
+type keyedRequest struct {
+	paths   map[string][]string // managed type -> keyed paths asked for it
+	objects []types.ManagedObjectReference
+}
+
 // flattenTraversal rewrites a RetrieveProperties(Ex) body with traversal
-// specs into one without (one object spec per object found); other bodies,
-// and bodies without a selectSet, come back unchanged.
-func flattenTraversal(method string, body []byte) []byte {
+// specs or keyed paths into one without (one object spec per object found,
+// the keyed paths left out and returned, to be answered by keyed.go); other
+// bodies come back unchanged, with no keyed request.
+func flattenTraversal(method string, body []byte) ([]byte, *keyedRequest) {
 	if method != "RetrievePropertiesEx" && method != "RetrieveProperties" {
-		return body
+		return body, nil
 	}
 	decoded, err := simulator.UnmarshalBody(types.TypeFunc(), body)
 	if err != nil {
-		return body
+		return body, nil
 	}
 	var specs []types.PropertyFilterSpec
 	var options *types.RetrieveOptions
@@ -41,17 +49,23 @@ func flattenTraversal(method string, body []byte) []byte {
 	case *types.RetrieveProperties:
 		specs = req.SpecSet
 	default:
-		return body
+		return body, nil
 	}
-	traverses := false
+	rewrite := false
 	for _, spec := range specs {
 		for _, o := range spec.ObjectSet {
-			traverses = traverses || len(o.SelectSet) > 0
+			rewrite = rewrite || len(o.SelectSet) > 0
+		}
+		for _, p := range spec.PropSet {
+			for _, path := range p.PathSet {
+				rewrite = rewrite || keyedPathRE.MatchString(path)
+			}
 		}
 	}
-	if !traverses {
-		return body
+	if !rewrite {
+		return body, nil
 	}
+	keyed := &keyedRequest{paths: map[string][]string{}}
 	var out bytes.Buffer
 	fmt.Fprintf(&out, `%s<%s xmlns="urn:vim25"><_this type="%s">%s</_this>`,
 		soapEnvelopeStart, method, decoded.This.Type, escaped(decoded.This.Value))
@@ -63,11 +77,16 @@ func flattenTraversal(method string, body []byte) []byte {
 				fmt.Fprintf(&out, "<all>%t</all>", *p.All)
 			}
 			for _, path := range p.PathSet {
+				if keyedPathRE.MatchString(path) {
+					keyed.paths[p.Type] = append(keyed.paths[p.Type], path)
+					continue
+				}
 				fmt.Fprintf(&out, "<pathSet>%s</pathSet>", escaped(path))
 			}
 			out.WriteString("</propSet>")
 		}
 		for _, ref := range walkObjects(spec.ObjectSet) {
+			keyed.objects = append(keyed.objects, ref)
 			fmt.Fprintf(&out, `<objectSet><obj type="%s">%s</obj><skip>false</skip></objectSet>`,
 				escaped(ref.Type), escaped(ref.Value))
 		}
@@ -81,7 +100,10 @@ func flattenTraversal(method string, body []byte) []byte {
 		out.WriteString("</options>")
 	}
 	fmt.Fprintf(&out, "</%s>%s", method, soapEnvelopeEnd)
-	return out.Bytes()
+	if len(keyed.paths) == 0 {
+		keyed = nil
+	}
+	return out.Bytes(), keyed
 }
 
 func escaped(s string) string {
