@@ -15,7 +15,9 @@ document: each call's result, or the oslo.vmware exception it raised
   content object (``this``: e.g. ``searchIndex``, ``extensionManager``) with
   plain arguments, its result;
 - ``["task", method, type, moref, {arg: value}]``: a task method on an
-  object, waited for with ``wait_for_task``, its state;
+  object (type ``service``: a service content object, e.g.
+  ``virtualDiskManager``), waited for with ``wait_for_task``, its state; an
+  argument given as ``[type, value]`` is a managed object reference;
 - ``["register_extension", key]``: ``RegisterExtension`` of an extension
   built as Cinder's driver builds its own.
 """
@@ -88,7 +90,14 @@ def _call(session: api.VMwareAPISession, call: list[Any]) -> Any:
         return _plain(session.invoke_api(session.vim, method, target, **kwargs))
     if what == "task":
         _, method, kind, value, kwargs = call
-        task = session.invoke_api(session.vim, method, _moref(kind, value), **kwargs)
+        this = (
+            getattr(session.vim.service_content, value)
+            if kind == "service"
+            else _moref(kind, value)
+        )
+        # A [type, value] argument is a managed object reference.
+        args = {k: _moref(*v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        task = session.invoke_api(session.vim, method, this, **args)
         return str(session.wait_for_task(task).state)
     if what == "register_extension":
         _, key = call

@@ -164,3 +164,26 @@ def test_a_keyed_property_path_reads_one_extra_config_entry(vc: Target) -> None:
     assert entry["result"]["key"] == key
     assert entry["result"]["value"]  # Nova's key holds the disk's uuid
     assert missing["result"] is None
+
+
+@pytest.mark.live
+def test_extend_virtual_disk_as_cinders_extend_volume_calls_it(vc: Target, ops: Any) -> None:
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    attached = vc.ctl.scenario("attached-volume")["volumes"][0]
+    (dc,) = oslo(vc, ["objects", "Datacenter", ["name"]])
+    dc_ref = ["Datacenter", dc["result"][0]["moref"]]
+
+    def extend(path: str, kb: int) -> list[Any]:
+        args = {"name": path, "datacenter": dc_ref, "newCapacityKb": kb, "eagerZero": False}
+        return ["task", "ExtendVirtualDisk_Task", "service", "virtualDiskManager", args]
+
+    grown, shrink, in_use = oslo(
+        vc, extend(vol["vmdk"], 4096), extend(vol["vmdk"], 2048), extend(attached["vmdk"], 8192)
+    )
+    assert grown["result"] == "success"
+    (disk,) = ops.get_vm(vm(vol["moref"])).disks
+    assert disk.capacity_kb == 4096  # the backing sees the new size
+    assert "InvalidArgument" in shrink["message"] or "cannot shrink" in shrink["message"], shrink
+    assert "locked" in in_use["message"].lower() or "FileLocked" in in_use["message"], in_use
+    (still,) = [d for d in ops.get_vm(vm(attached["moref"])).disks]
+    assert still.capacity_kb != 8192
