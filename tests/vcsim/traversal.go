@@ -54,6 +54,11 @@ func flattenTraversal(method string, body []byte) ([]byte, *keyedRequest) {
 	rewrite := false
 	for _, spec := range specs {
 		for _, o := range spec.ObjectSet {
+			if simulator.Map.Get(o.Obj) == nil {
+				// A session's own object (a container view): the stock
+				// collector knows it, and its one-level specs do not loop.
+				return body, nil
+			}
 			rewrite = rewrite || len(o.SelectSet) > 0
 		}
 		for _, p := range spec.PropSet {
