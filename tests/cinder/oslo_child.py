@@ -111,7 +111,9 @@ def _call(session: api.VMwareAPISession, call: list[Any]) -> Any:
         description.label = key
         description.summary = "OpenStack services"
         ext.description = description
-        ext.lastHeartbeatTime = datetime.datetime.now(datetime.UTC).isoformat()
+        # Naive, as oslo.vmware's register_extension (Cinder's do_setup)
+        # sets it: suds writes it without a time zone.
+        ext.lastHeartbeatTime = datetime.datetime.now()
         manager = session.vim.service_content.extensionManager
         return _plain(session.invoke_api(session.vim, "RegisterExtension", manager, extension=ext))
     raise ValueError(f"unknown call {what!r}")
