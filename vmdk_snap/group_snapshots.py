@@ -41,7 +41,7 @@ from vmdk_snap.workflows.engine import Engine, Incomplete, Plan, plan_of
 from vmdk_snap.workflows.group import AVAILABLE, CREATING, ERROR, GROUP_KIND, made_snapshots
 from vmdk_snap.workflows.journal import Journal
 from vmdk_snap.workflows.locks import InstanceLock
-from vmdk_snap.workflows.stepctx import OpsContext, ref_of
+from vmdk_snap.workflows.stepctx import OpsContext, ref_json, ref_of, workflow_volumes
 from vmdk_snap.workflows.table import build_steps, temp_snapshot_name, validate_snapshot_name
 
 __all__ = [
@@ -181,7 +181,7 @@ class GroupSnapshots:
         return {
             **members[0],
             "quiesce": quiesce,
-            "instance": [instance.ref.type, instance.ref.value],
+            "instance": ref_json(instance.ref),
             "instance_name": instance.name,
             "temp_name": temp_snapshot_name(ids[0], name),
             # Not "for volume snapshot": a leftover of it is reported, never
@@ -365,7 +365,4 @@ def taken_with(description: str) -> list[str]:
 
 def group_of(record: jn.WorkflowRecord) -> list[str]:
     """The volumes a journaled workflow works on (a group's members, or its one volume)."""
-    members = record.params.get("members")
-    if record.kind == GROUP_KIND and members:
-        return [str(m["volume_id"]) for m in members]
-    return [record.volume]
+    return workflow_volumes(record.params, record.volume)

@@ -6,41 +6,19 @@ as cinder-volume is (:mod:`tests.cinder.cinder_child`).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.cinder.wsdl import vim_wsdl
-from tests.conftest import Target, child_env
+from tests.cinder.children import run_child
+from tests.conftest import Target
 
 pytest.importorskip("cinder")
 
 
 def cinder(vc: Target, *calls: list[Any]) -> list[dict[str, Any]]:
     """do_setup, then ``calls``, in a child process; the setup's and the calls' results."""
-    request = {
-        "url": vc.url,
-        "username": vc.username,
-        "password": vc.password,
-        "ca_file": vc.ca_file,
-        "wsdl": vim_wsdl().as_uri(),
-        "calls": list(calls),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.cinder.cinder_child"],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return results
+    return run_child("tests.cinder.cinder_child", vc, list(calls), timeout=180)
 
 
 @pytest.mark.live

@@ -7,16 +7,14 @@ cinder-volume is (:mod:`tests.cinder.oslo_child`).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cinder.children import run_child
 from tests.cinder.wsdl import vim_wsdl
-from tests.conftest import Target, child_env
+from tests.conftest import Target
 from tests.workflow_checks import make_driver, vm
 from vmdk_snap.driver import Volume
 
@@ -25,26 +23,7 @@ pytest.importorskip("oslo_vmware")
 
 def oslo(vc: Target, *calls: list[Any]) -> list[dict[str, Any]]:
     """Run ``calls`` through oslo.vmware in a child process; their results."""
-    request = {
-        "url": vc.url,
-        "username": vc.username,
-        "password": vc.password,
-        "ca_file": vc.ca_file,
-        "wsdl": vim_wsdl().as_uri(),
-        "calls": list(calls),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.cinder.oslo_child"],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return results
+    return run_child("tests.cinder.oslo_child", vc, list(calls), timeout=120)
 
 
 @pytest.mark.live

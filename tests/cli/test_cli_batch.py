@@ -26,6 +26,15 @@ def cli(vc: Target, tmp_path: Path) -> Cli:
     return Cli(vc, tmp_path)
 
 
+def _cli_on(sim: Simulator, tmp_path: Path) -> Cli:
+    """The command line against a simulator of the test's own (an inventory to itself)."""
+    info = sim.info
+    assert info is not None
+    target = Target("live", info.url, info.host, info.port, info.username, info.password,
+                    info.ca_file, info.thumbprint, sim.control())  # fmt: skip
+    return Cli(target, tmp_path)
+
+
 def snapshot_names(cli: Cli, volume: str) -> list[str]:
     doc = cli("list", volume, "--json").json()
     return [s["name"] for s in doc["snapshots"]]
@@ -103,12 +112,8 @@ def private_sim() -> Iterator[Simulator]:
 def test_all_attached_snapshots_every_attached_volume_and_nothing_else(
     private_sim: Simulator, tmp_path: Path
 ) -> None:
-    info = private_sim.info
-    assert info is not None
-    ctl = private_sim.control()
-    target = Target("live", info.url, info.host, info.port, info.username, info.password,
-                    info.ca_file, info.thumbprint, ctl)  # fmt: skip
-    cli = Cli(target, tmp_path)
+    cli = _cli_on(private_sim, tmp_path)
+    ctl, target = cli.target.ctl, cli.target
     wf2 = ctl.scenario("workflow2")
     moved = ctl.scenario("attached-volume-moved")
     detached = ctl.scenario("available-volume")["volumes"][0]["id"]
@@ -161,12 +166,8 @@ def detach_keeping_files(target: Target, instance: str, vmdk: str) -> None:
 def test_consistent_batch_takes_each_instances_volumes_at_one_moment(
     private_sim: Simulator, tmp_path: Path
 ) -> None:
-    info = private_sim.info
-    assert info is not None
-    ctl = private_sim.control()
-    target = Target("live", info.url, info.host, info.port, info.username, info.password,
-                    info.ca_file, info.thumbprint, ctl)  # fmt: skip
-    cli = Cli(target, tmp_path)
+    cli = _cli_on(private_sim, tmp_path)
+    ctl = cli.target.ctl
     three = ctl.scenario("instance-three-volumes")
     one = ctl.scenario("attached-volume")
     detached = ctl.scenario("available-volume")["volumes"][0]["id"]

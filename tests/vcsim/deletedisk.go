@@ -20,20 +20,29 @@ func deleteVirtualDisk(s *sim, call *soapCall) (types.ManagedObjectReference, ty
 	if !ok {
 		return types.ManagedObjectReference{}, &types.InvalidRequest{}
 	}
-	if _, _, ok := splitDSPath(req.Name); !ok {
-		return types.ManagedObjectReference{}, &types.InvalidDatastorePath{DatastorePath: req.Name}
+	return s.diskFileTask(call, req.Name, func(p string) types.BaseMethodFault {
+		if users := fileUsers(p); len(users) > 0 {
+			return fileLocked(p, users)
+		}
+		if err := s.deleteDiskFiles(p); err != nil {
+			return &types.CannotDeleteFile{FileFault: types.FileFault{File: p}}
+		}
+		return nil
+	})
+}
+
+// diskFileTask starts a VirtualDiskManager task on the disk file name (a
+// datastore path, refused at call time otherwise): do runs with the path of
+// the file's descriptor, which must exist (FileNotFound).
+func (s *sim) diskFileTask(call *soapCall, name string, do func(p string) types.BaseMethodFault) (types.ManagedObjectReference, types.BaseMethodFault) {
+	if _, _, ok := splitDSPath(name); !ok {
+		return types.ManagedObjectReference{}, &types.InvalidDatastorePath{DatastorePath: name}
 	}
 	return s.startTask(call.This, call.Name, 0, func() (types.AnyType, types.BaseMethodFault) {
-		p := descriptorOf(req.Name)
+		p := descriptorOf(name)
 		if !s.exists(p) {
 			return nil, &types.FileNotFound{FileFault: types.FileFault{File: p}}
 		}
-		if users := fileUsers(p); len(users) > 0 {
-			return nil, fileLocked(p, users)
-		}
-		if err := s.deleteDiskFiles(p); err != nil {
-			return nil, &types.CannotDeleteFile{FileFault: types.FileFault{File: p}}
-		}
-		return nil, nil
+		return nil, do(p)
 	}), nil
 }

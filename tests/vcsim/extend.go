@@ -25,46 +25,38 @@ func extendVirtualDisk(s *sim, call *soapCall) (types.ManagedObjectReference, ty
 	if !ok {
 		return types.ManagedObjectReference{}, &types.InvalidRequest{}
 	}
-	if _, _, ok := splitDSPath(req.Name); !ok {
-		return types.ManagedObjectReference{}, &types.InvalidDatastorePath{DatastorePath: req.Name}
-	}
-	return s.startTask(call.This, call.Name, 0, func() (types.AnyType, types.BaseMethodFault) {
-		p := descriptorOf(req.Name)
-		if !s.exists(p) {
-			return nil, &types.FileNotFound{FileFault: types.FileFault{File: p}}
-		}
+	return s.diskFileTask(call, req.Name, func(p string) types.BaseMethodFault { // deletedisk.go
 		d, err := s.readDescriptor(p)
 		if err != nil {
-			return nil, &types.FileNotFound{FileFault: types.FileFault{File: p}}
+			return &types.FileNotFound{FileFault: types.FileFault{File: p}}
 		}
+		users := fileUsers(p)
 		heldBelow := false // a snapshot holds it, or another disk is a delta on it
-		for _, u := range fileUsers(p) {
+		var running []fileUser
+		for _, u := range users {
 			heldBelow = heldBelow || u.Snapshot != "" || !u.Top
+			if poweredOn(u.VM) {
+				running = append(running, u)
+			}
 		}
 		if d.Parent != "" || isDelta(p) || heldBelow {
 			f := &types.NotSupported{}
 			f.FaultMessage = []types.LocalizableMessage{{Key: "vmdk_snap.extendDelta",
 				Message: fmt.Sprintf("%s is part of a disk chain (the disk has snapshots): only a disk without snapshots can be extended", p)}}
-			return nil, f
+			return f
 		}
 		if req.NewCapacityKb < d.SizeKB {
 			f := &types.InvalidArgument{InvalidProperty: "newCapacityKb"}
 			f.FaultMessage = []types.LocalizableMessage{{Key: "vmdk_snap.extendShrink",
 				Message: fmt.Sprintf("%s is %d KB: a disk cannot shrink to %d KB", p, d.SizeKB, req.NewCapacityKb)}}
-			return nil, f
+			return f
 		}
-		var users []fileUser
-		for _, u := range fileUsers(p) {
-			if poweredOn(u.VM) {
-				users = append(users, u)
-			}
-		}
-		if len(users) > 0 {
-			return nil, fileLocked(p, users)
+		if len(running) > 0 {
+			return fileLocked(p, running)
 		}
 		d.SizeKB = req.NewCapacityKb
 		if err := s.writeDescriptor(p, d); err != nil {
-			return nil, &types.CannotAccessFile{FileFault: types.FileFault{File: p}}
+			return &types.CannotAccessFile{FileFault: types.FileFault{File: p}}
 		}
 		for _, vm := range allVMs() {
 			simulator.Map.WithLock(vm, func() {
@@ -76,6 +68,6 @@ func extendVirtualDisk(s *sim, call *soapCall) (types.ManagedObjectReference, ty
 				}
 			})
 		}
-		return nil, nil
-	}), nil
+		return nil
+	})
 }

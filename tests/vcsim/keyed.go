@@ -15,11 +15,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"reflect"
 	"regexp"
 	"strings"
 
-	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -88,24 +86,12 @@ func spliceKeyed(method string, resp []byte, keyed *keyedRequest) []byte {
 // keyedProp is one <propSet> for path on the object, or "" when unset.
 func keyedProp(ref types.ManagedObjectReference, path string) string {
 	m := keyedPathRE.FindStringSubmatch(path)
-	obj := simulator.Map.Get(ref)
-	if m == nil || obj == nil {
+	if m == nil {
 		return ""
 	}
-	v := reflect.ValueOf(obj)
-	for _, part := range strings.Split(m[1], ".") {
-		for v.Kind() == reflect.Ptr || v.Kind() == reflect.Interface {
-			if v.IsNil() {
-				return ""
-			}
-			v = v.Elem()
-		}
-		if v.Kind() != reflect.Struct {
-			return ""
-		}
-		if v = fieldNamed(v, part); !v.IsValid() {
-			return ""
-		}
+	v := propertyOf(ref, m[1]) // traversal.go
+	if !v.IsValid() {
+		return ""
 	}
 	options, ok := v.Interface().([]types.BaseOptionValue)
 	if !ok {

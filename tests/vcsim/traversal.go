@@ -223,27 +223,37 @@ func resolveSpec(sel types.BaseSelectionSpec, named map[string]*types.TraversalS
 	return nil
 }
 
-// pathRefs reads a property holding references (one or a list) of an object.
-func pathRefs(ref types.ManagedObjectReference, path string) []types.ManagedObjectReference {
+// propertyOf reads a property of an object by its dotted vSphere path
+// (config.extraConfig), through pointers and embedded structs; the zero
+// Value when the object or a step of the path is not there.
+func propertyOf(ref types.ManagedObjectReference, path string) reflect.Value {
 	obj := simulator.Map.Get(ref)
 	if obj == nil {
-		return nil
+		return reflect.Value{}
 	}
 	v := reflect.ValueOf(obj)
 	for _, part := range strings.Split(path, ".") {
 		for v.Kind() == reflect.Ptr || v.Kind() == reflect.Interface {
 			if v.IsNil() {
-				return nil
+				return reflect.Value{}
 			}
 			v = v.Elem()
 		}
 		if v.Kind() != reflect.Struct {
-			return nil
+			return reflect.Value{}
 		}
-		v = fieldNamed(v, part)
-		if !v.IsValid() {
-			return nil
+		if v = fieldNamed(v, part); !v.IsValid() {
+			return reflect.Value{}
 		}
+	}
+	return v
+}
+
+// pathRefs reads a property holding references (one or a list) of an object.
+func pathRefs(ref types.ManagedObjectReference, path string) []types.ManagedObjectReference {
+	v := propertyOf(ref, path)
+	if !v.IsValid() {
+		return nil
 	}
 	var out []types.ManagedObjectReference
 	switch val := v.Interface().(type) {

@@ -170,7 +170,7 @@ def _group(ctx: Context, workers: _Workers, texts: list[str]) -> list[Outcome]:
         return [Outcome(t, code, kind, one_line(exc)) for t in texts]
     together = [m.volume_id for m in result.members]
     return [
-        Outcome(t, EXIT_OK, "ok", views.member_line(m, together).split(": ", 1)[1])
+        Outcome(t, EXIT_OK, "ok", views.member_outcome(m, together))
         for t, m in zip(texts, result.members, strict=True)
     ]
 

@@ -444,6 +444,11 @@ def member_doc(m: MemberResult) -> dict[str, Any]:
 
 def member_line(m: MemberResult, together: Sequence[str]) -> str:
     """``volume-x: available: snapshot s1 (snapshot-41), created ...; with volume-y``."""
+    return f"volume-{m.volume_id}: {member_outcome(m, together)}"
+
+
+def member_outcome(m: MemberResult, together: Sequence[str]) -> str:
+    """What became of one member: its state, snapshot, and the volumes taken with it."""
     if m.snapshot is None:
         what = f"snapshot {m.name}" + (f": {m.error}" if m.error else "")
     elif m.created:
@@ -452,7 +457,7 @@ def member_line(m: MemberResult, together: Sequence[str]) -> str:
         what = f"snapshot {m.name} ({m.snapshot.ref.value}) already exists: nothing was changed"
     others = [f"volume-{v}" for v in together if v != m.volume_id]
     with_ = f"; at one moment with {', '.join(others)}" if others and m.snapshot else ""
-    return f"volume-{m.volume_id}: {m.state}: {what}{with_}"
+    return f"{m.state}: {what}{with_}"
 
 
 def recovery_doc(result: RecoveryResult) -> dict[str, Any]:

@@ -20,7 +20,7 @@ Each member step is the single-volume step run with the member's journaled
 parameters (``params["members"][i]``) laid over the group's, and named
 ``<step>_<i>``. Each member's record (``state``: ``creating``, then
 ``available`` or ``error`` with the reason) is in ``params["members"]`` from
-before the first change (:func:`member_records`).
+before the first change (:mod:`vmdk_snap.group_snapshots` sets it).
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ __all__ = [
     "ERROR",
     "GROUP_KIND",
     "group_steps",
-    "member_ids",
-    "member_records",
     "member_step",
 ]
 
@@ -56,23 +54,6 @@ GROUP_KIND = "snapshot_group"
 CREATING, AVAILABLE, ERROR = "creating", "available", "error"
 
 T = TypeVar("T")
-
-
-def member_ids(params: dict[str, Any]) -> list[str]:
-    return [str(m["volume_id"]) for m in params.get("members", ())]
-
-
-def member_records(params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each member's record: volume, snapshot name, state, error (JSON)."""
-    return [
-        {
-            "volume_id": m["volume_id"],
-            "name": m["name"],
-            "state": m.get("state", CREATING),
-            "error": m.get("error"),
-        }
-        for m in params.get("members", ())
-    ]
 
 
 @contextmanager

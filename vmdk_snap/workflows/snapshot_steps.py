@@ -25,6 +25,7 @@ from vmdk_snap.workflows.stepctx import (
     ref_of,
     repoint_backing_disk,
     spec_for,
+    workflow_volumes,
 )
 
 __all__ = [
@@ -359,9 +360,7 @@ def _lags(backing: VmInfo, current: Disk, disk: Disk) -> bool:
 
 def _member_ids(ctx: OpsContext) -> set[str]:
     """The volumes the workflow snapshots: the group's members, or its one volume."""
-    return {str(m["volume_id"]) for m in ctx.params.get("members", ())} or {
-        str(ctx.params["volume_id"])
-    }
+    return set(workflow_volumes(ctx.params, str(ctx.params["volume_id"])))
 
 
 def follow_other_volumes() -> Step[OpsContext]:

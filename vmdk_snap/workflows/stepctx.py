@@ -36,6 +36,7 @@ __all__ = [
     "replace_disk",
     "repoint_backing_disk",
     "spec_for",
+    "workflow_volumes",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,12 @@ def replace_disk(
             vm, remove=[(current, destroy_current)], add=[spec_for(current, path)]
         )
     )
+
+
+def workflow_volumes(params: dict[str, Any], volume: str) -> list[str]:
+    """The volumes a workflow works on: a group snapshot's members, else ``volume``."""
+    members = params.get("members")
+    return [str(m["volume_id"]) for m in members] if members else [volume]
 
 
 def delete_disk_files(ctx: OpsContext, paths: Sequence[str]) -> list[str]:
