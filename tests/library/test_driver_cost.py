@@ -187,6 +187,7 @@ def _group_counted(vc: Target, driver: Driver, n: int) -> tuple[int, int, dict[s
     inst = seeded["instances"][0]
     volumes = [Volume(v["id"], "in-use", inst["uuid"]) for v in seeded["volumes"]]
     vc.ctl.reset_calls()
+    vc.ctl.reset_bytes_copied()  # the simulator is shared: count from here
     driver.create_group_snapshot(volumes, "group-1", force=True)
     group = vc.ctl.calls()
     vc.ctl.reset_calls()
