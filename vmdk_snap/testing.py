@@ -107,13 +107,18 @@ class Simulator:
         binary = self._binary or build_simulator()
         self._root = tempfile.mkdtemp(prefix="vmdk-snap-vcsim-")
         env = dict(os.environ, VCSIM_PASSWORD=self._password, VCSIM_USERNAME=DEFAULT_USERNAME)
+        # VMDK_SNAP_VCSIM_LOG=<file> keeps the simulator's log (debugging).
+        log_path = os.environ.get("VMDK_SNAP_VCSIM_LOG")
+        stderr: Any = open(log_path, "a") if log_path else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
             [str(binary), "-listen", "127.0.0.1:0", "-root", self._root],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
             env=env,
             text=True,
         )
+        if log_path:
+            stderr.close()  # the simulator has its own descriptor
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line:
@@ -250,14 +255,18 @@ class Control:
 
     # -- disk content and files (tests/vcsim/data.go, relocate.go) ---------
 
-    def write(self, vm: str, disk_key: int, token: str) -> str:
+    def write(self, vm: str, disk_key: int, token: str, size: int = 0) -> str:
         """Append ``token`` to the top file of a VM's disk, as its guest would.
 
-        Returns the datastore path of the file written.
+        ``size``, when given, is the bytes of guest data the token stands for
+        (a copy of the file then copies that many), so that a test can fill a
+        100 GiB volume without writing 100 GiB. Returns the datastore path of
+        the file written.
         """
-        result: dict[str, str] = self.request(
-            "POST", "/write", {"vm": vm, "disk": disk_key, "token": token}
-        )
+        body: dict[str, object] = {"vm": vm, "disk": disk_key, "token": token}
+        if size:
+            body["bytes"] = size
+        result: dict[str, str] = self.request("POST", "/write", body)
         return result["file"]
 
     def read_disk(self, vm: str, disk_key: int) -> dict[str, list[str]]:
@@ -288,7 +297,8 @@ class Control:
         return result
 
     def bytes_copied(self) -> dict[str, Any]:
-        """Disk data bytes copied by relocations: ``{"total": n, "files": {...}}``."""
+        """Disk data bytes copied (relocations, clones, moves between datastores):
+        ``{"total": n, "files": {...}}``."""
         result: dict[str, Any] = self.request("GET", "/bytes-copied")
         return result
 

@@ -19,9 +19,16 @@ from tests.conftest import Target, child_env
 __all__ = ["run_child"]
 
 
-def run_child(module: str, vc: Target, calls: list[list[Any]], timeout: float) -> list[Any]:
-    """Run ``module`` on ``calls`` against ``vc``; its JSON answer."""
+def run_child(
+    module: str,
+    vc: Target,
+    calls: list[list[Any]],
+    timeout: float,
+    options: dict[str, Any] | None = None,
+) -> list[Any]:
+    """Run ``module`` on ``calls`` against ``vc`` (with backend ``options``); its JSON answer."""
     request = {
+        "options": options or {},
         "url": vc.url,
         "username": vc.username,
         "password": vc.password,

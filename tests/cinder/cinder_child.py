@@ -1,12 +1,29 @@
 """Cinder's own VMDK driver against the simulator, in a process of its own.
 
 Eventlet-patched first, as cinder-volume is. Reads one JSON request on stdin,
-``{"url", "username", "password", "ca_file", "wsdl", "calls": [...]}``,
+``{"url", "username", "password", "ca_file", "wsdl", "options", "calls"}``,
 configures a backend section as an operator would (the ``vmware_*`` options,
-``vmware_wsdl_location`` the generated WSDL), runs
+``vmware_wsdl_location`` the generated WSDL, then ``options``), runs
 ``VMwareVcVmdkDriver.do_setup`` and then each call, and prints one JSON
-document: each call's result or the exception it raised. Calls:
-``["stats"]``: ``get_volume_stats(refresh=True)``.
+document: the setup's and each call's result, or the exception it raised.
+
+Volumes and snapshots are Cinder's real objects (``objects.Volume``,
+``VolumeAttachment``, ``Snapshot``), described in the calls as JSON:
+
+- a volume: ``{"id", "size", "status"?, "project_id"?, "volume_type"?,
+  "attached_to"?: [instance uuid, ...]}``; ``volume_type`` names one of
+  :data:`VOLUME_TYPES` (its extra specs are what the driver reads);
+- a snapshot: ``{"id", "volume": <volume>, "provider_location"?}``.
+
+Volume types live in a real Cinder database (SQLite, a file in a temporary
+directory, its schema made once by Cinder's own migrations and cached).
+
+Calls: ``["stats"]``, ``["create_volume", vol]``, ``["delete_volume", vol]``,
+``["extend_volume", vol, gib]``, ``["initialize_connection", vol, connector]``,
+``["create_snapshot", snap]``, ``["delete_snapshot", snap]``,
+``["revert_to_snapshot", vol, snap]``,
+``["create_volume_from_snapshot", vol, snap]``,
+``["create_cloned_volume", vol, src]``.
 """
 
 from __future__ import annotations
@@ -16,22 +33,61 @@ import eventlet
 eventlet.monkey_patch()
 
 import json  # noqa: E402 - after the patch, as in cinder-volume
+import os  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 import urllib.parse  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from cinder import context  # noqa: E402
-from cinder.volume import configuration  # noqa: E402
+warnings.simplefilter("ignore")
+
+import cinder  # noqa: E402
+from cinder import context, objects  # noqa: E402
+from cinder.common import config as _common_config  # noqa: E402,F401 - registers [database] etc.
+from cinder.db import migration  # noqa: E402
+from cinder.volume import configuration, volume_types  # noqa: E402
 from cinder.volume.drivers.vmware import vmdk  # noqa: E402
 from oslo_config import cfg  # noqa: E402
 
 BACKEND = "vmdk-sim"
+VOLUME_TYPES = {
+    "linked": {"vmware:clone_type": "linked"},
+    "full": {"vmware:clone_type": "full"},
+    "thick": {"vmware:vmdk_type": "thick"},
+}
+
+
+def _database(workdir: Path) -> None:
+    """A Cinder database in ``workdir``: a copy of one migrated once and cached."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vmdk-snap"
+    template = cache / f"cinder-db-{getattr(cinder, '__version__', 'x')}.sqlite"
+    db = workdir / "cinder.sqlite"
+    if not template.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        cfg.CONF.set_override("connection", f"sqlite:///{db}", group="database")
+        migration.db_sync()
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".sqlite")
+        os.close(fd)
+        shutil.copyfile(db, tmp)
+        os.replace(tmp, template)  # atomic: parallel children may race here
+    else:
+        shutil.copyfile(template, db)
+        cfg.CONF.set_override("connection", f"sqlite:///{db}", group="database")
+
+
+def _volume_types(ctx: Any) -> dict[str, str]:
+    return {
+        name: volume_types.create(ctx, name, specs)["id"] for name, specs in VOLUME_TYPES.items()
+    }
 
 
 def driver(request: dict[str, Any]) -> Any:
     url = urllib.parse.urlsplit(request["url"])
     conf = cfg.CONF
-    conf([], project="cinder")
     conf.register_opts(vmdk.vmdk_opts, group=BACKEND)
     options = {
         "vmware_host_ip": url.hostname,
@@ -42,6 +98,7 @@ def driver(request: dict[str, Any]) -> Any:
         "vmware_wsdl_location": request["wsdl"],
         "vmware_task_poll_interval": 0.1,
         "vmware_api_retry_count": 1,
+        **request.get("options", {}),
     }
     for key, value in options.items():
         conf.set_override(key, value, group=BACKEND)
@@ -50,21 +107,104 @@ def driver(request: dict[str, Any]) -> Any:
     )
 
 
+class Objects:
+    """Cinder objects from the calls' JSON, built without database rows."""
+
+    def __init__(self, ctx: Any, types: dict[str, str]) -> None:
+        self.ctx = ctx
+        self.types = types
+
+    def volume(self, v: dict[str, Any]) -> Any:
+        attached = v.get("attached_to", [])
+        attachments = objects.VolumeAttachmentList(
+            objects=[
+                objects.VolumeAttachment(
+                    self.ctx,
+                    id=f"{i:08d}-0000-4000-8000-{v['id'][-12:]}",
+                    volume_id=v["id"],
+                    instance_uuid=uuid,
+                    attach_status="attached",
+                    attach_mode="rw",
+                    attached_host=None,
+                    mountpoint="/dev/sdb",
+                )
+                for i, uuid in enumerate(attached)
+            ]
+        )
+        return objects.Volume(
+            self.ctx,
+            id=v["id"],
+            _name_id=None,
+            size=v["size"],
+            status=v.get("status", "in-use" if attached else "available"),
+            attach_status="attached" if attached else "detached",
+            project_id=v.get("project_id", "project-sim"),
+            user_id="user-sim",
+            display_name=v.get("display_name", v["id"][:8]),
+            volume_type_id=self.types[v["volume_type"]] if v.get("volume_type") else None,
+            provider_location=None,
+            volume_attachment=attachments,
+            multiattach=False,
+        )
+
+    def snapshot(self, s: dict[str, Any]) -> Any:
+        volume = self.volume(s["volume"])
+        return objects.Snapshot(
+            self.ctx,
+            id=s["id"],
+            volume_id=volume.id,
+            volume=volume,
+            volume_size=volume.size,
+            status="creating",
+            display_name=s.get("display_name", "snap"),
+            display_description=s.get("display_description"),
+            provider_location=s.get("provider_location"),
+            project_id=volume.project_id,
+        )
+
+
+def call(d: Any, o: Objects, name: str, args: list[Any]) -> Any:
+    """Run one driver call on the objects its JSON arguments describe."""
+    v, snap = o.volume, o.snapshot
+    calls: dict[str, Any] = {
+        "stats": lambda: d.get_volume_stats(refresh=True),
+        "create_volume": lambda: d.create_volume(v(args[0])),
+        "delete_volume": lambda: d.delete_volume(v(args[0])),
+        "extend_volume": lambda: d.extend_volume(v(args[0]), args[1]),
+        "initialize_connection": lambda: d.initialize_connection(v(args[0]), args[1]),
+        "create_snapshot": lambda: d.create_snapshot(snap(args[0])),
+        "delete_snapshot": lambda: d.delete_snapshot(snap(args[0])),
+        "revert_to_snapshot": lambda: d.revert_to_snapshot(o.ctx, v(args[0]), snap(args[1])),
+        "create_volume_from_snapshot": lambda: d.create_volume_from_snapshot(
+            v(args[0]), snap(args[1])
+        ),
+        "create_cloned_volume": lambda: d.create_cloned_volume(v(args[0]), v(args[1])),
+    }
+    if name not in calls:
+        raise ValueError(f"unknown call {name!r}")
+    return calls[name]()
+
+
 def main() -> int:
     request = json.loads(sys.stdin.read())
-    d = driver(request)
-    d.do_setup(context.get_admin_context())
-    results: list[dict[str, Any]] = [
-        {"result": {"vc_version": d._vc_version, "storage_policy": d._storage_policy_enabled}}
-    ]
-    for call in request["calls"]:
-        try:
-            if call[0] == "stats":
-                results.append({"result": d.get_volume_stats(refresh=True)})
-            else:
-                raise ValueError(f"unknown call {call[0]!r}")
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            results.append({"error": type(exc).__name__, "message": str(exc)})
+    objects.register_all()
+    cfg.CONF([], project="cinder", default_config_files=[])
+    with tempfile.TemporaryDirectory(prefix="cinder-child-") as workdir:
+        _database(Path(workdir))
+        ctx = context.get_admin_context()
+        o = Objects(ctx, _volume_types(ctx))
+        d = driver(request)
+        d.do_setup(ctx)
+        results: list[dict[str, Any]] = [
+            {"result": {"vc_version": d._vc_version, "storage_policy": d._storage_policy_enabled}}
+        ]
+        for name, *args in request["calls"]:
+            start = time.monotonic()
+            try:
+                results.append({"result": call(d, o, name, args)})
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                results.append({"error": type(exc).__name__, "message": str(exc)})
+            results[-1]["seconds"] = round(time.monotonic() - start, 3)
     print(json.dumps(results, default=str))
     return 0
 

@@ -522,11 +522,52 @@ func (s *sim) readTokens(dataPath string) ([]string, error) {
 	tokens := []string{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if t := strings.TrimSpace(sc.Text()); t != "" {
+		if t, _ := splitToken(sc.Text()); t != "" {
 			tokens = append(tokens, t)
 		}
 	}
 	return tokens, sc.Err()
+}
+
+// A line of a data file is a token, optionally followed by a tab and the
+// number of bytes of guest data it stands for ("db-load\t10737418240": a
+// guest that wrote 10 GiB). A plain token stands for its own line's bytes.
+
+// splitToken splits a data file line into its token and the bytes it
+// stands for.
+func splitToken(line string) (string, int64) {
+	token, size, sized := strings.Cut(strings.TrimSpace(line), "\t")
+	token = strings.TrimSpace(token)
+	if token == "" {
+		return "", 0
+	}
+	if sized {
+		var n int64
+		if _, err := fmt.Sscan(size, &n); err == nil && n >= 0 {
+			return token, n
+		}
+	}
+	return token, int64(len(line)) + 1
+}
+
+// dataBytes is the guest data a data file holds: what a copy of it copies.
+func (s *sim) dataBytes(dataPath string) int64 {
+	lp, err := s.localPath(dataPath)
+	if err != nil {
+		return 0
+	}
+	f, err := os.Open(lp)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	var total int64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		_, n := splitToken(sc.Text())
+		total += n
+	}
+	return total
 }
 
 // appendTokens appends tokens to a data file.
@@ -546,19 +587,6 @@ func (s *sim) appendTokens(dataPath string, tokens ...string) error {
 		}
 	}
 	return f.Close()
-}
-
-// fileSize is the size of the file at a datastore path (0 if missing).
-func (s *sim) fileSize(p string) int64 {
-	lp, err := s.localPath(p)
-	if err != nil {
-		return 0
-	}
-	st, err := os.Stat(lp)
-	if err != nil {
-		return 0
-	}
-	return st.Size()
 }
 
 // createDisk writes a new disk file (descriptor and empty data file);
@@ -615,7 +643,7 @@ func (s *sim) copyFile(src, dst string) (int64, error) {
 }
 
 // copyDisk copies a disk file (descriptor and data) to dst, whose parent
-// hint becomes parent. It returns the bytes of data copied.
+// hint becomes parent. It returns the bytes of guest data copied.
 func (s *sim) copyDisk(src, dst, parent string) (int64, error) {
 	d, err := s.readDescriptor(src)
 	if err != nil {
@@ -628,11 +656,10 @@ func (s *sim) copyDisk(src, dst, parent string) (int64, error) {
 		nd.CreateType = "vmfsSparse"
 		nd.Parent = parent
 	}
-	n, err := s.copyFile(srcData, dsJoin(dsDir(dst), nd.Extent))
-	if err != nil {
+	if _, err := s.copyFile(srcData, dsJoin(dsDir(dst), nd.Extent)); err != nil {
 		return 0, err
 	}
-	return n, s.writeDescriptor(dst, nd)
+	return s.dataBytes(srcData), s.writeDescriptor(dst, nd)
 }
 
 // publishDevices sets a VM's devices and tells property collectors, with

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
@@ -51,10 +52,15 @@ func (s *sim) controlWrite(w http.ResponseWriter, r *http.Request) {
 		VM    string `json:"vm"`
 		Disk  int32  `json:"disk"`
 		Token string `json:"token"`
+		Bytes int64  `json:"bytes"` // the guest data the token stands for (0: its own size)
 	}
-	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.VM == "" || req.Token == "" {
-		ctlError(w, http.StatusBadRequest, `write: the body must be {"vm": "vm-42", "disk": 2001, "token": "t1"}`)
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.VM == "" || req.Token == "" ||
+		strings.ContainsAny(req.Token, "\t\n") || req.Bytes < 0 {
+		ctlError(w, http.StatusBadRequest, `write: the body must be {"vm": "vm-42", "disk": 2001, "token": "t1"} and may add "bytes": 1073741824 (the guest data the token stands for); a token has no tab or newline`)
 		return
+	}
+	if req.Bytes > 0 {
+		req.Token = fmt.Sprintf("%s\t%d", req.Token, req.Bytes)
 	}
 	s.modelMu.Lock()
 	defer s.modelMu.Unlock()

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	_ "github.com/vmware/govmomi/pbm/simulator" // the PBM endpoint at /pbm (RegisterEndpoints)
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
 )

@@ -215,7 +215,7 @@ func (s *sim) planRelocation(vm *simulator.VirtualMachine, spec types.VirtualMac
 		dstUsed[dst] = src
 		plan.moved[src] = dst
 		plan.moves = append(plan.moves, fileMove{Src: src, Dst: dst})
-		plan.bytes += s.fileSize(s.dataFile(src))
+		plan.bytes += s.dataBytes(s.dataFile(src))
 		return nil
 	}
 	for _, c := range chains {

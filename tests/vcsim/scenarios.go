@@ -59,6 +59,12 @@ var scenarios = map[string]scenario{
 		_, err := b.volume(ctx, dsShared1, "vol")
 		return err
 	},
+	// A running Nova instance with its root disk only (Cinder's tests
+	// create and attach their own volumes).
+	"instance": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
+		_, err := b.instance(ctx, host0, dsShared1, "inst")
+		return err
+	},
 	"attached-volume": func(ctx context.Context, s *sim, b *builder, _ map[string]string) error {
 		inst, err := b.instance(ctx, host0, dsShared1, "inst")
 		if err != nil {
