@@ -15,6 +15,8 @@ from tests.conftest import Target
 from tests.vsphere import add_disk_change, connect, moref, props, remove_disk_change, run_task
 
 __all__ = [
+    "COW",
+    "EAGER",
     "CinderVolume",
     "backing",
     "cinder",
@@ -28,6 +30,10 @@ __all__ = [
 ]
 
 DATASTORES = ("ds-shared-1", "ds-shared-2", "ds-local-h0")
+# Backend options: backings made at create_volume (not at first attach), and
+# the COW snapshot format on top of that (Cinder's default is template).
+EAGER = {"vmware_lazy_create": False}
+COW = {**EAGER, "vmware_snapshot_format": "COW"}
 
 
 @dataclass

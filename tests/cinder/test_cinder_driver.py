@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from tests.cinder.support import (
+    COW,
+    EAGER,
     CinderVolume,
     backing,
     cinder,
@@ -27,9 +29,6 @@ from tests.cinder.support import (
 from tests.conftest import Target
 
 pytest.importorskip("cinder")
-
-EAGER = {"vmware_lazy_create": False}
-COW = {**EAGER, "vmware_snapshot_format": "COW"}
 
 
 def created(vc: Target, volume: CinderVolume, **options: Any) -> str:

@@ -120,9 +120,17 @@ func maxUnits(c types.BaseVirtualController) int32 {
 	return 16
 }
 
+// reservedUnit: the SCSI controller's own unit. vCenter sets
+// scsiCtlrUnitNumber to 7 when a controller is added without one (Cinder's
+// backings are made so); the stock simulator leaves it 0, which in Go we
+// cannot tell from unset, so 0 is read as 7.
 func reservedUnit(c types.BaseVirtualController, unit int32) bool {
 	if scsi, ok := c.(types.BaseVirtualSCSIController); ok {
-		return unit == scsi.GetVirtualSCSIController().ScsiCtlrUnitNumber
+		own := scsi.GetVirtualSCSIController().ScsiCtlrUnitNumber
+		if own == 0 {
+			own = 7
+		}
+		return unit == own
 	}
 	return false
 }
