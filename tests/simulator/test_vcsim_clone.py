@@ -7,7 +7,8 @@ import ssl
 from typing import Any
 
 import pytest
-from pyVmomi import SoapStubAdapter, pbm, vim, vmodl
+from pyVmomi import pbm, vim, vmodl
+from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from tests.conftest import Target
 from tests.vsphere import (
