@@ -11,24 +11,44 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 from tests.cinder.wsdl import vim_wsdl
-from tests.conftest import Target, child_env
+from tests.conftest import child_env
 
-__all__ = ["run_child"]
+__all__ = ["Endpoint", "run_child"]
+
+
+class Endpoint(Protocol):
+    """What a child needs to reach vCenter (a test's Target, the benchmark's simulator)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def username(self) -> str: ...
+    @property
+    def password(self) -> str: ...
+    @property
+    def ca_file(self) -> str: ...
 
 
 def run_child(
     module: str,
-    vc: Target,
+    vc: Endpoint,
     calls: list[list[Any]],
     timeout: float,
+    *,
     options: dict[str, Any] | None = None,
+    count_calls: bool = False,
 ) -> list[Any]:
-    """Run ``module`` on ``calls`` against ``vc`` (with backend ``options``); its JSON answer."""
+    """Run ``module`` on ``calls`` against ``vc`` (with backend ``options``); its JSON answer.
+
+    ``count_calls``: each call's result also says how many SOAP round trips
+    it made (the simulator's count; nothing else may use it meanwhile).
+    """
     request = {
         "options": options or {},
+        "count_calls": count_calls,
         "url": vc.url,
         "username": vc.username,
         "password": vc.password,

@@ -53,6 +53,8 @@ from cinder.volume import configuration, volume_types  # noqa: E402
 from cinder.volume.drivers.vmware import vmdk  # noqa: E402
 from oslo_config import cfg  # noqa: E402
 
+from vmdk_snap.testing import Control  # noqa: E402
+
 BACKEND = "vmdk-sim"
 VOLUME_TYPES = {
     "linked": {"vmware:clone_type": "linked"},
@@ -198,13 +200,22 @@ def main() -> int:
         results: list[dict[str, Any]] = [
             {"result": {"vc_version": d._vc_version, "storage_policy": d._storage_policy_enabled}}
         ]
+        # With "count_calls", each call's SOAP round trips as the simulator
+        # counts them (its control API; the benchmark runs alone).
+        ctl = None
+        if request.get("count_calls"):
+            ctl = Control(request["url"].rsplit("/sdk", 1)[0] + "/_ctl", request["ca_file"])
         for name, *args in request["calls"]:
+            if ctl is not None:
+                ctl.reset_calls()
             start = time.monotonic()
             try:
                 results.append({"result": call(d, o, name, args)})
             except Exception as exc:  # noqa: BLE001 - reported to the test
                 results.append({"error": type(exc).__name__, "message": str(exc)})
             results[-1]["seconds"] = round(time.monotonic() - start, 3)
+            if ctl is not None:
+                results[-1]["soap_calls"] = sum(ctl.calls().values())
     print(json.dumps(results, default=str))
     return 0
 
