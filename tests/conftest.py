@@ -464,3 +464,12 @@ def clean_sim(vc: Target) -> Iterator[Target]:
     finally:
         vc.ctl.clear_faults()
         vc.ctl.reset_timing()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[str]:
+    """A real etcd of the test's own; its tooz URL (``etcd3+http://...?timeout=N``)."""
+    from tests.etcd import running_etcd  # noqa: PLC0415 - only tests that ask start one
+
+    with running_etcd(tmp_path / "etcd") as url:
+        yield url

@@ -74,6 +74,7 @@ from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows import leftovers
 from vmdk_snap.workflows.compaction import CompactionPlan, plan_compaction
 from vmdk_snap.workflows.consolidation import unseen_datastore_remedy
+from vmdk_snap.workflows.coordination import HeldLock, Locks, make_locks
 from vmdk_snap.workflows.copy_out import (
     copies_merge_safely,
     copy_cost,
@@ -83,12 +84,7 @@ from vmdk_snap.workflows.copy_out import (
 from vmdk_snap.workflows.engine import Engine, Incomplete, Plan, RecoveryResult, plan_of
 from vmdk_snap.workflows.group import ERROR
 from vmdk_snap.workflows.journal import Journal, WorkflowRecord
-from vmdk_snap.workflows.locks import (
-    DEFAULT_INSTANCE_WAIT,
-    InstanceLock,
-    VolumeLock,
-    default_lock_dir,
-)
+from vmdk_snap.workflows.locks import DEFAULT_INSTANCE_WAIT, default_lock_dir
 from vmdk_snap.workflows.stepctx import ref_json, ref_of
 from vmdk_snap.workflows.table import OpsContext, build_steps, validate_snapshot_name
 
@@ -152,6 +148,13 @@ class Driver:
             see :func:`vmdk_snap.workflows.journal.default_journal_path`).
         lock_dir: the host's lock directory, whatever the journal (default:
             :func:`vmdk_snap.workflows.locks.default_lock_dir`).
+        coordination_url: lock in this coordination service instead (tooz,
+            e.g. ``etcd3+http://host:2379``, Cinder's ``[coordination]
+            backend_url``), so that the locks hold across hosts
+            (:mod:`vmdk_snap.workflows.coordination`).
+        locks: the :class:`~vmdk_snap.workflows.coordination.Locks` to use,
+            instead of ``lock_dir`` and ``coordination_url`` (Cinder's own
+            coordinator, a test's).
         journal: an already opened :class:`~vmdk_snap.workflows.journal.Journal`,
             instead of ``journal_path`` (several Drivers may share one).
         strategies: replace the ``"available"`` and/or ``"in-use"`` strategy.
@@ -179,6 +182,8 @@ class Driver:
         *,
         journal_path: Path | None = None,
         lock_dir: Path | None = None,
+        coordination_url: str | None = None,
+        locks: Locks | None = None,
         journal: Journal | None = None,
         strategies: Mapping[str, SnapshotStrategy] | None = None,
         instance_wait: float = DEFAULT_INSTANCE_WAIT,
@@ -195,6 +200,9 @@ class Driver:
         self.ops: VolumeOps = session if isinstance(session, VolumeOps) else VolumeOps(session)
         self.journal = journal if journal is not None else Journal(journal_path)
         self.lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+        self.locks: Locks = (
+            locks if locks is not None else make_locks(self.lock_dir, coordination_url)
+        )
         self._engine = Engine[OpsContext](self.journal)
         self.strategies: dict[str, SnapshotStrategy] = {
             AVAILABLE: DetachedStrategy(),
@@ -241,7 +249,7 @@ class Driver:
         for left in leftovers.find_leftovers([instance], ()):
             if left.volume_id is not None:
                 try:
-                    with VolumeLock(self.lock_dir, left.volume_id):
+                    with self.locks.volume(left.volume_id):
                         pass
                 except Busy:
                     continue  # its workflow is running
@@ -700,9 +708,9 @@ class Driver:
         def result(outcome: str, detail: str = "") -> RecoveryResult:
             return RecoveryResult(record.id, record.kind, record.volume, outcome, detail)
 
-        locks = [VolumeLock(self.lock_dir, v) for v in sorted(group_of(record))]
-        held: list[VolumeLock] = []
-        instance_lock: InstanceLock | None = None
+        locks = [self.locks.volume(v) for v in sorted(group_of(record))]
+        held: list[HeldLock] = []
+        instance_lock: HeldLock | None = None
         try:
             for lock in locks:
                 lock.acquire()
@@ -763,7 +771,7 @@ class Driver:
         log.info("settled %s: %s", left.where, verdict.found)
         return result(outcome, f"{left.where}: {verdict.found}")
 
-    def _lock_instance_of(self, params: Mapping[str, Any]) -> InstanceLock | None:
+    def _lock_instance_of(self, params: Mapping[str, Any]) -> HeldLock | None:
         """The held lock of the instance a journaled workflow works on, if any."""
         uuid = params.get(INSTANCE_UUID)
         if not uuid and params.get("instance"):  # journaled before the uuid was
@@ -773,7 +781,7 @@ class Driver:
                 return None  # the instance is gone: nobody else can work on it
         if not uuid:
             return None
-        lock = InstanceLock(self.lock_dir, uuid, self.instance_wait)
+        lock = self.locks.instance(uuid, self.instance_wait)
         lock.acquire()
         return lock
 
@@ -781,7 +789,7 @@ class Driver:
 
     @contextmanager
     def _locked(self, volume: Volume) -> Iterator[None]:
-        with VolumeLock(self.lock_dir, volume.id):
+        with self.locks.volume(volume.id):
             pending = [r for r in self.journal.unfinished() if volume.id in group_of(r)]
             if pending:
                 raise InvalidState(
@@ -803,7 +811,7 @@ class Driver:
             yield state
             return
         uuid = state.instance.instance_uuid
-        with InstanceLock(self.lock_dir, uuid, self.instance_wait) as lock:
+        with self.locks.instance(uuid, self.instance_wait) as lock:
             if lock.waited:
                 log.info("instance %s is free again: reading volume %s again", uuid, volume.id)
                 state = self._state(volume, verify=True)

@@ -28,7 +28,6 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from vmdk_snap.errors import InvalidInput, InvalidState, VmdkSnapError
@@ -37,10 +36,10 @@ from vmdk_snap.types import SnapshotNode
 from vmdk_snap.volume_state import IN_USE, Volume, check_status
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.workflows import journal as jn
+from vmdk_snap.workflows.coordination import Locks
 from vmdk_snap.workflows.engine import Engine, Incomplete, Plan, plan_of
 from vmdk_snap.workflows.group import AVAILABLE, CREATING, ERROR, GROUP_KIND, made_snapshots
 from vmdk_snap.workflows.journal import Journal
-from vmdk_snap.workflows.locks import InstanceLock
 from vmdk_snap.workflows.stepctx import OpsContext, ref_json, ref_of, workflow_volumes
 from vmdk_snap.workflows.table import build_steps, temp_snapshot_name, validate_snapshot_name
 
@@ -94,7 +93,7 @@ class _Driver(Protocol):
 
     ops: VolumeOps
     journal: Journal
-    lock_dir: Path
+    locks: Locks
     instance_wait: float
 
     @property
@@ -258,7 +257,7 @@ class GroupSnapshots:
         if states[0].backing.snapshot_named(name) is not None:
             return self._existing(states, name)
         driver = self.driver
-        lock = InstanceLock(driver.lock_dir, instance.instance_uuid, driver.instance_wait)
+        lock = driver.locks.instance(instance.instance_uuid, driver.instance_wait)
         with lock:
             if lock.waited:
                 # Another workflow on the instance may have moved these backings.

@@ -65,6 +65,48 @@ def test_lock_dir_from_the_flag_environment_or_file_else_the_librarys(tmp_path: 
     assert load_settings(Overrides(), bare).lock_dir is None  # Driver's default_lock_dir()
 
 
+def test_coordination_url_from_the_flag_environment_or_cinders_section(tmp_path: Path) -> None:
+    """``[coordination] backend_url``: the section and key of Cinder's cinder.conf."""
+    body = f"url = {URL}\nusername = u\npassword = p\n"
+    section = "\n[coordination]\nbackend_url = etcd3+http://file:2379\n"
+    cfg = write_config(tmp_path / "c.ini", body + section)
+    env = {"VMDK_SNAP_CONFIG": str(cfg)}
+    assert load_settings(Overrides(), env).coordination_url == "etcd3+http://file:2379"
+    env |= {"VMDK_SNAP_COORDINATION_URL": "etcd3+http://env:2379"}
+    assert load_settings(Overrides(), env).coordination_url == "etcd3+http://env:2379"
+    flag = Overrides(coordination_url="etcd3+http://flag:2379")
+    assert load_settings(flag, env).coordination_url == "etcd3+http://flag:2379"
+    bare = {"VMDK_SNAP_CONFIG": str(write_config(tmp_path / "bare.ini", body))}
+    assert load_settings(Overrides(), bare).coordination_url is None  # the lock directory
+    # A URL with a password (Redis) never shows in a log or traceback.
+    secret = Overrides(coordination_url="redis://u:hunter2@redis:6379")
+    assert "hunter2" not in repr(load_settings(secret, bare))
+
+
+def test_a_coordination_service_that_does_not_answer_is_a_connection_error(
+    vc: Target, tmp_path: Path
+) -> None:
+    """Nothing is changed in vCenter: the locks come before any change."""
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    out, err = io.StringIO(), io.StringIO()
+    env = {
+        "HOME": str(tmp_path),
+        "VMDK_SNAP_URL": vc.url,
+        "VMDK_SNAP_USERNAME": vc.username,
+        "VMDK_SNAP_PASSWORD": vc.password,
+        "VMDK_SNAP_CA_FILE": vc.ca_file,
+        "VMDK_SNAP_JOURNAL": str(tmp_path / "j.sqlite"),
+        "VMDK_SNAP_COORDINATION_URL": "etcd3+http://127.0.0.1:9?timeout=2",  # nothing listens
+    }
+    vc.ctl.reset_calls()
+    code = main(
+        ["snapshot", vol["id"], "--name", "s1"], env=env, stdout=out, stderr=err, interactive=False
+    )
+    assert code == 6, err.getvalue()
+    assert "cannot reach the coordination service etcd3+http://127.0.0.1:9" in err.getvalue()
+    assert not [m for m in vc.ctl.calls() if m.endswith("_Task")]
+
+
 def test_govc_url_with_credentials_is_used_as_govc_does() -> None:
     env = {"GOVC_URL": "admin%40vsphere.local:s%3Acret@vc.example.org", "GOVC_USERNAME": "other"}
     s = load_settings(Overrides(), env, interactive=False)

@@ -147,6 +147,7 @@ class Context:
                 insecure=a.insecure,
                 journal=a.journal,
                 lock_dir=a.lock_dir,
+                coordination_url=a.coordination_url,
                 config=a.config,
             )
             self._settings = load_settings(flags, self.env, interactive=self.interactive)
@@ -198,8 +199,13 @@ class Context:
         """A logged-in Driver; logs out on exit."""
         journal, lock_dir = self.journal(), self.settings.lock_dir
         with self.session() as session:
-            yield Driver(
+            driver = Driver(
                 session,
                 journal=journal,
                 lock_dir=Path(lock_dir) if lock_dir else None,
+                coordination_url=self.settings.coordination_url,
             )
+            try:
+                yield driver
+            finally:
+                driver.locks.close()

@@ -33,6 +33,8 @@ from vmdk_snap.cli.commands import _Subparsers, add_command
 from vmdk_snap.cli.output import render_table
 from vmdk_snap.driver import Driver, validate_snapshot_name
 from vmdk_snap.vsphere.volumeops.inventory import read_inventory
+from vmdk_snap.workflows.coordination import Locks, make_locks
+from vmdk_snap.workflows.locks import default_lock_dir
 
 __all__ = ["register"]
 
@@ -117,6 +119,7 @@ class _Workers:
         self._local = threading.local()
         self._stack = ExitStack()
         self._lock = threading.Lock()
+        self._shared_locks: Locks | None = None
 
     def driver(self) -> Driver:
         driver: Driver | None = getattr(self._local, "driver", None)
@@ -125,9 +128,19 @@ class _Workers:
             session.__enter__()
             with self._lock:
                 self._stack.push(session.__exit__)
-            driver = Driver(session, journal=self._ctx.journal())
+            driver = Driver(session, journal=self._ctx.journal(), locks=self._locks())
             self._local.driver = driver
         return driver
+
+    def _locks(self) -> Locks:
+        """One set of locks for every worker: the lock directory or coordination URL given."""
+        with self._lock:
+            if self._shared_locks is None:
+                s = self._ctx.settings
+                lock_dir = Path(s.lock_dir) if s.lock_dir else default_lock_dir()
+                self._shared_locks = make_locks(lock_dir, s.coordination_url)
+                self._stack.callback(self._shared_locks.close)
+            return self._shared_locks
 
     def close(self) -> None:
         self._stack.close()

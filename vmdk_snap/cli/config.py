@@ -3,7 +3,8 @@
 Precedence, highest first, setting by setting:
 
 1. command-line flags (``--url``, ``--username``, ``--ca-file``, ``--thumbprint``,
-   ``--insecure``, ``--journal``, ``--lock-dir``); never a password;
+   ``--insecure``, ``--journal``, ``--lock-dir``, ``--coordination-url``); never a
+   password;
 2. ``VMDK_SNAP_*`` environment variables;
 3. govc's ``GOVC_URL`` (whose ``user:pass@`` part is used as govc does, before
    ``GOVC_USERNAME``/``GOVC_PASSWORD``), ``GOVC_USERNAME``, ``GOVC_PASSWORD``,
@@ -11,6 +12,8 @@ Precedence, highest first, setting by setting:
 4. the config file: ``--config``, else ``$VMDK_SNAP_CONFIG``, else
    ``$XDG_CONFIG_HOME/vmdk-snap/config.ini`` (``~/.config/...``), section
    ``[vcenter]``; a password there only if the file is readable by its owner only;
+   the coordination URL in section ``[coordination]``, key ``backend_url``, as in
+   Cinder's ``cinder.conf``;
 5. for the password only: a prompt, when standard input is a terminal.
 """
 
@@ -29,6 +32,8 @@ from pathlib import Path
 __all__ = ["ConfigError", "Overrides", "Settings", "default_config_path", "load_settings"]
 
 SECTION = "vcenter"
+COORDINATION = "coordination"  # [coordination] backend_url, as in cinder.conf
+_BACKEND_URL = "[coordination] backend_url"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -48,6 +53,7 @@ class Overrides:
     insecure: bool = False
     journal: str | None = None
     lock_dir: str | None = None
+    coordination_url: str | None = None
     config: str | None = None
 
 
@@ -63,13 +69,15 @@ class Settings:
     insecure: bool = False
     journal: str | None = None
     lock_dir: str | None = None  # None: the library's default (vmdk_snap.workflows.locks)
+    coordination_url: str | None = None  # None: this host's lock directory
     journal_setting: str = "--journal"  # where ``journal`` was given, for error messages
 
     def __repr__(self) -> str:  # the password never reaches a log or traceback
         return (
             f"Settings(url={self.url!r}, username={self.username!r}, password='***', "
             f"ca_file={self.ca_file!r}, thumbprint={self.thumbprint!r}, "
-            f"insecure={self.insecure!r}, journal={self.journal!r}, lock_dir={self.lock_dir!r})"
+            f"insecure={self.insecure!r}, journal={self.journal!r}, lock_dir={self.lock_dir!r}, "
+            f"coordination_url={_redact(self.coordination_url)!r})"
         )
 
 
@@ -171,7 +179,10 @@ def _read_file(path: Path, explicit: bool) -> dict[str, str]:
     if not parser.has_section(SECTION):
         raise ConfigError(f"config file {path} has no [{SECTION}] section: add one")
     values = dict(parser.items(SECTION))
-    if values.get("password") or _has_password(values.get("url", "")):
+    if parser.has_option(COORDINATION, "backend_url"):
+        values[_BACKEND_URL] = parser.get(COORDINATION, "backend_url")
+    secret = _has_password(values.get(_BACKEND_URL, "") or "https://x")
+    if values.get("password") or _has_password(values.get("url", "")) or secret:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(
@@ -179,6 +190,15 @@ def _read_file(path: Path, explicit: bool) -> dict[str, str]:
                 f"(mode {mode:04o}): run 'chmod 600 {path}'"
             )
     return values
+
+
+def _redact(url: str | None) -> str | None:
+    """A URL without its password (a Redis or etcd URL may hold one)."""
+    if not url or not _has_password(url):
+        return url
+    scheme, _, rest = url.partition("://")
+    cred, _, host = rest.rpartition("@")
+    return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
 
 
 def _first(*candidates: tuple[str, str | None]) -> tuple[str, str] | None:
@@ -277,4 +297,7 @@ def load_settings(
         journal=journal,
         journal_setting=journal_setting,
         lock_dir=flags.lock_dir or env.get("VMDK_SNAP_LOCK_DIR") or file.get("lock_dir"),
+        coordination_url=flags.coordination_url
+        or env.get("VMDK_SNAP_COORDINATION_URL")
+        or file.get(_BACKEND_URL),
     )

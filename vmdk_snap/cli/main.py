@@ -73,6 +73,13 @@ def _common() -> argparse.ArgumentParser:
         help="lock directory every vmdk-snap of the host shares, whatever its journal "
         "(VMDK_SNAP_LOCK_DIR; default /run/lock/vmdk-snap)",
     )
+    g.add_argument(
+        "--coordination-url",
+        default=s,
+        help="lock in this coordination service (tooz), so that locks hold across hosts, "
+        "e.g. etcd3+http://127.0.0.1:2379 (VMDK_SNAP_COORDINATION_URL; [coordination] "
+        "backend_url in the config file, as in cinder.conf; default: the lock directory)",
+    )
     g.add_argument("--json", action="store_true", default=s, help="print one JSON document")
     g.add_argument("-v", "--verbose", action="count", default=s, help="log to stderr (-vv: debug)")
     return p
@@ -87,6 +94,7 @@ _DEFAULTS = {
     "config": None,
     "journal": None,
     "lock_dir": None,
+    "coordination_url": None,
     "json": False,
     "verbose": 0,
 }
