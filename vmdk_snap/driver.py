@@ -617,10 +617,15 @@ class Driver:
         return ids
 
     def plan_group_snapshot(
-        self, volumes: Sequence[Volume], name: str, *, force: bool = False
+        self,
+        volumes: Sequence[Volume],
+        name: str,
+        *,
+        force: bool = False,
+        names: Mapping[str, str] | None = None,
     ) -> Plan:
         """What :meth:`create_group_snapshot` would do, step by step; changes nothing."""
-        return GroupSnapshots(self).plan(volumes, name, force=force)
+        return GroupSnapshots(self).plan(volumes, name, force=force, names=names or {})
 
     def create_group_snapshot(
         self,
@@ -629,8 +634,10 @@ class Driver:
         *,
         force: bool = False,
         quiesce: bool = False,
+        names: Mapping[str, str] | None = None,
     ) -> GroupSnapshotResult:
-        """Snapshot ``volumes`` at one moment; each backing's snapshot is named ``name``.
+        """Snapshot ``volumes`` at one moment; each backing's snapshot is named ``name``,
+        or ``names[volume id]`` (Cinder names each member ``snapshot-<its id>``).
 
         The attached ones (all on one instance, ``force`` needed) through one
         temporary instance snapshot, all or none; available ones as usual.
@@ -643,7 +650,9 @@ class Driver:
                 group workflow began (rolled back: ``error``; left for
                 ``recover``: ``creating``).
         """
-        return GroupSnapshots(self).create(volumes, name, force=force, quiesce=quiesce)
+        return GroupSnapshots(self).create(
+            volumes, name, force=force, quiesce=quiesce, names=names or {}
+        )
 
     def revert_to_snapshot(self, volume: Volume, name: str) -> None:
         """Revert the volume to snapshot ``name``; only when it is available."""

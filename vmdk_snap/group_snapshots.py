@@ -25,9 +25,10 @@ them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from vmdk_snap.errors import InvalidInput, InvalidState, VmdkSnapError
@@ -56,6 +57,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # Keys of a member's forced-snapshot parameters that belong to the group.
+# Each member's own snapshot name, by volume id (Cinder names every member
+# snapshot-<id>); a member not named gets the group's name.
+Names = Mapping[str, str]
+_NONE: Names = MappingProxyType({})
+
 _GROUP_KEYS = ("temp_name", "others", "quiesce", "instance", "instance_name")
 
 
@@ -123,8 +129,12 @@ class GroupSnapshots:
 
     # -- checks before any change ----------------------------------------------
 
-    def _states(self, volumes: Sequence[Volume], name: str, force: bool) -> list[VolumeState]:
+    def _states(
+        self, volumes: Sequence[Volume], name: str, force: bool, names: Names
+    ) -> list[VolumeState]:
         validate_snapshot_name(name)
+        for member_name in names.values():
+            validate_snapshot_name(member_name)
         if not volumes:
             raise InvalidInput("no volumes given", hint="name the volumes to snapshot together")
         states = [self.driver._state(v, verify=True) for v in volumes]
@@ -145,7 +155,11 @@ class GroupSnapshots:
                 "taken on one instance; nothing was changed",
                 hint="take one group snapshot per instance (`vmdk-snap snapshot --instance UUID`)",
             )
-        have = [s.volume_id for s in states if s.backing.snapshot_named(name) is not None]
+        have = [
+            s.volume_id
+            for s in states
+            if s.backing.snapshot_named(names.get(s.volume_id, name)) is not None
+        ]
         if have and len(have) != len(states):
             raise InvalidState(
                 f"volumes {', '.join(have)} already have a snapshot {name} and the others do "
@@ -155,13 +169,16 @@ class GroupSnapshots:
         return states
 
     @staticmethod
-    def _members(states: Sequence[VolumeState], name: str, quiesce: bool) -> list[dict[str, Any]]:
+    def _members(
+        states: Sequence[VolumeState], name: str, quiesce: bool, names: Names
+    ) -> list[dict[str, Any]]:
         """Each attached member's forced-snapshot parameters (refusals raised here)."""
         strategy = AttachedStrategy()
         ids = [s.volume_id for s in states]
         members = []
         for s in states:
-            params = dict(strategy.take(s, name, quiesce=quiesce).params)
+            member_name = names.get(s.volume_id, name)
+            params = dict(strategy.take(s, member_name, quiesce=quiesce).params)
             for key in _GROUP_KEYS:
                 params.pop(key, None)
             others = [v for v in ids if v != s.volume_id]
@@ -170,8 +187,10 @@ class GroupSnapshots:
         return members
 
     @staticmethod
-    def _params(states: Sequence[VolumeState], name: str, quiesce: bool) -> dict[str, Any]:
-        members = GroupSnapshots._members(states, name, quiesce)
+    def _params(
+        states: Sequence[VolumeState], name: str, quiesce: bool, names: Names
+    ) -> dict[str, Any]:
+        members = GroupSnapshots._members(states, name, quiesce, names)
         first = states[0]
         instance = first.instance
         assert instance is not None
@@ -194,9 +213,11 @@ class GroupSnapshots:
 
     # -- plans and changes ---------------------------------------------------------
 
-    def plan(self, volumes: Sequence[Volume], name: str, *, force: bool = False) -> Plan:
+    def plan(
+        self, volumes: Sequence[Volume], name: str, *, force: bool = False, names: Names = _NONE
+    ) -> Plan:
         """What :meth:`create` would do; changes nothing."""
-        states = self._states(volumes, name, force)
+        states = self._states(volumes, name, force, names)
         attached = [s for s in states if s.status == IN_USE]
         notes = tuple(
             f"volume {s.volume_id} is available: an ordinary snapshot of its backing"
@@ -205,30 +226,38 @@ class GroupSnapshots:
         )
         if not attached:
             return Plan(GROUP_KIND, states[0].volume_id, (), notes)
-        if attached[0].backing.snapshot_named(name) is not None:
-            return Plan(GROUP_KIND, attached[0].volume_id, (), ("the snapshots exist",))
-        params = self._params(attached, name, quiesce=False)
+        first = attached[0]
+        if first.backing.snapshot_named(names.get(first.volume_id, name)) is not None:
+            return Plan(GROUP_KIND, first.volume_id, (), ("the snapshots exist",))
+        params = self._params(attached, name, False, names)
         ctx = OpsContext(params=params, ops=self.driver.ops)
         plan = plan_of(GROUP_KIND, attached[0].volume_id, build_steps(GROUP_KIND, params), ctx)
         return Plan(plan.kind, plan.volume_id, plan.steps, plan.notes + notes)
 
     def create(
-        self, volumes: Sequence[Volume], name: str, *, force: bool, quiesce: bool
+        self,
+        volumes: Sequence[Volume],
+        name: str,
+        *,
+        force: bool,
+        quiesce: bool,
+        names: Names = _NONE,
     ) -> GroupSnapshotResult:
         volumes = list({v.id: v for v in volumes}.values())
         with self._all_locked(volumes):
-            states = self._states(volumes, name, force)
+            states = self._states(volumes, name, force, names)
             attached = [s for s in states if s.status == IN_USE]
-            result = self._attached(attached, name, quiesce) if attached else None
+            result = self._attached(attached, name, quiesce, names) if attached else None
             members = {m.volume_id: m for m in (result.members if result else ())}
             for s in states:
                 if s.status != IN_USE:
+                    member_name = names.get(s.volume_id, name)
                     made = self.driver._take(
-                        Volume(s.volume_id, s.status), s, name,
+                        Volume(s.volume_id, s.status), s, member_name,
                         force=force, quiesce=False, on_progress=None,
                     )  # fmt: skip
                     members[s.volume_id] = MemberResult(
-                        s.volume_id, name, AVAILABLE, made.node, created=made.created
+                        s.volume_id, member_name, AVAILABLE, made.node, created=made.created
                     )
         uuid = attached[0].instance.instance_uuid if attached and attached[0].instance else None
         return GroupSnapshotResult(
@@ -246,7 +275,9 @@ class GroupSnapshots:
                 stack.enter_context(self.driver._locked(v))
             yield
 
-    def _attached(self, states: list[VolumeState], name: str, quiesce: bool) -> GroupSnapshotResult:
+    def _attached(
+        self, states: list[VolumeState], name: str, quiesce: bool, names: Names
+    ) -> GroupSnapshotResult:
         instance = states[0].instance
         if instance is None or not instance.instance_uuid:
             raise InvalidState(
@@ -254,8 +285,8 @@ class GroupSnapshots:
                 "nothing was changed",
                 hint="snapshot its volumes one by one",
             )
-        if states[0].backing.snapshot_named(name) is not None:
-            return self._existing(states, name)
+        if states[0].backing.snapshot_named(names.get(states[0].volume_id, name)) is not None:
+            return self._existing(states, name, names)
         driver = self.driver
         lock = driver.locks.instance(instance.instance_uuid, driver.instance_wait)
         with lock:
@@ -263,23 +294,26 @@ class GroupSnapshots:
                 # Another workflow on the instance may have moved these backings.
                 states = [driver._state(Volume(s.volume_id, IN_USE, instance.instance_uuid),
                                         verify=True) for s in states]  # fmt: skip
-            params = self._params(states, name, quiesce)
+            params = self._params(states, name, quiesce, names)
             params["instance_uuid"] = instance.instance_uuid  # recover takes the same lock
-            return self._run(states, name, params)
+            return self._run(states, name, params, names)
 
-    def _existing(self, states: Sequence[VolumeState], name: str) -> GroupSnapshotResult:
+    def _existing(
+        self, states: Sequence[VolumeState], name: str, names: Names
+    ) -> GroupSnapshotResult:
         """A retry of a finished group snapshot: every member has it already."""
         members = []
         for s in states:
-            node = s.backing.snapshot_named(name)
+            member_name = names.get(s.volume_id, name)
+            node = s.backing.snapshot_named(member_name)
             assert node is not None
-            members.append(MemberResult(s.volume_id, name, AVAILABLE, node, created=False))
+            members.append(MemberResult(s.volume_id, member_name, AVAILABLE, node, created=False))
         log.info("group snapshot %s exists on every member: returning it", name)
         uuid = states[0].instance.instance_uuid if states[0].instance else None
         return GroupSnapshotResult(name, uuid, None, tuple(members))
 
     def _run(
-        self, states: Sequence[VolumeState], name: str, params: dict[str, Any]
+        self, states: Sequence[VolumeState], name: str, params: dict[str, Any], names: Names
     ) -> GroupSnapshotResult:
         driver = self.driver
         steps = build_steps(GROUP_KIND, params)
@@ -294,13 +328,13 @@ class GroupSnapshots:
         try:
             driver._engine.run(GROUP_KIND, states[0].volume_id, steps, ctx, on_begin=on_begin)
         except Incomplete as exc:
-            exc.members = self._records(states, name, params, {}, None)
+            exc.members = self._records(states, name, params, {}, None, names=names)
             raise
         except VmdkSnapError as exc:
             if wf_id:
                 finalise_records(params, ERROR, str(exc))
                 journal.set_params(wf_id, params)
-            exc.members = self._records(states, name, params, {}, str(exc))
+            exc.members = self._records(states, name, params, {}, str(exc), names=names)
             raise
         finalise_records(params, AVAILABLE)
         journal.set_params(wf_id, params)
@@ -308,22 +342,25 @@ class GroupSnapshots:
             name,
             states[0].instance.instance_uuid if states[0].instance else None,
             wf_id,
-            self._records(states, name, params, self._made(states, name, ctx), None),
+            self._records(
+                states, name, params, self._made(states, name, ctx, names), None, names=names
+            ),
         )
 
     def _made(
-        self, states: Sequence[VolumeState], name: str, ctx: OpsContext
+        self, states: Sequence[VolumeState], name: str, ctx: OpsContext, names: Names
     ) -> dict[int, SnapshotNode]:
         """Each member's new snapshot as vCenter shows it (one read), else as journaled."""
+        member_names = [names.get(s.volume_id, name) for s in states]
         try:
             backings = self.driver.ops.get_vms([s.backing.ref for s in states])
-            nodes = {i: b.snapshot_named(name) for i, b in enumerate(backings)}
+            nodes = {i: b.snapshot_named(member_names[i]) for i, b in enumerate(backings)}
             return {i: n for i, n in nodes.items() if n is not None}
         except VmdkSnapError as exc:
             log.warning("the group snapshot was made; reading it back failed: %s", exc)
         made = made_snapshots(ctx.results, len(states))
         return {
-            i: SnapshotNode(ref_of(ref), name, "", None, False)
+            i: SnapshotNode(ref_of(ref), member_names[i], "", None, False)
             for i, ref in enumerate(made)
             if ref is not None
         }
@@ -335,9 +372,17 @@ class GroupSnapshots:
         params: dict[str, Any],
         made: dict[int, SnapshotNode],
         error: str | None,
+        *,
+        names: Names,
     ) -> tuple[MemberResult, ...]:
         return tuple(
-            MemberResult(s.volume_id, name, m["state"], made.get(i), m.get("error") or error)
+            MemberResult(
+                s.volume_id,
+                names.get(s.volume_id, name),
+                m["state"],
+                made.get(i),
+                m.get("error") or error,
+            )
             for i, (s, m) in enumerate(zip(states, params["members"], strict=True))
         )
 

@@ -100,6 +100,34 @@ def test_a_retry_returns_the_group_and_changes_nothing(
 
 
 @pytest.mark.live
+def test_each_member_may_have_its_own_name_as_cinder_names_them(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    """Cinder names every member snapshot-<its id>: one moment, a name each."""
+    _seeded, inst, vols, keys = _seed(vc, ops, "instance-two-volumes")
+    for v, k in zip(vols, keys, strict=True):
+        vc.ctl.write(inst["moref"], k, f"at-{v['id'][:8]}")
+    names = {v["id"]: f"snapshot-{i}" for i, v in enumerate(vols)}
+    driver = make_driver(ops, tmp_path)
+    vc.ctl.reset_calls()
+    made = driver.create_group_snapshot(
+        _in_use(vols, inst), "group-snapshot-1", force=True, names=names
+    )
+    assert vc.ctl.calls().get("CreateSnapshot_Task") == 3  # one instance snapshot, two backings
+    assert [m.name for m in made.members] == ["snapshot-0", "snapshot-1"]
+    for v, member in zip(vols, made.members, strict=True):
+        node = ops.get_vm(vm(v["moref"])).snapshot_named(names[v["id"]])
+        assert node is not None
+        assert member.snapshot is not None
+        assert node.ref == member.snapshot.ref
+        assert vc.ctl.read_snapshot(node.ref.value, 2000)["tokens"][-1] == f"at-{v['id'][:8]}"
+    again = driver.create_group_snapshot(
+        _in_use(vols, inst), "group-snapshot-1", force=True, names=names
+    )
+    assert [m.created for m in again.members] == [False, False]
+
+
+@pytest.mark.live
 def test_bad_groups_are_refused_before_any_change(vc: Target, ops: Any, tmp_path: Path) -> None:
     seeded, inst, vols, _keys = _seed(vc, ops, "instance-two-volumes")
     other = vc.ctl.scenario("attached-volume")
