@@ -40,6 +40,8 @@ def run_child(
     *,
     options: dict[str, Any] | None = None,
     count_calls: bool = False,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[Any]:
     """Run ``module`` on ``calls`` against ``vc`` (with backend ``options``); its JSON answer.
 
@@ -49,6 +51,7 @@ def run_child(
     request = {
         "options": options or {},
         "count_calls": count_calls,
+        **(extra or {}),
         "url": vc.url,
         "username": vc.username,
         "password": vc.password,
@@ -61,7 +64,7 @@ def run_child(
         input=json.dumps(request),
         capture_output=True,
         text=True,
-        env=child_env(),
+        env=child_env(**(env or {})),
         timeout=timeout,
         check=False,
     )

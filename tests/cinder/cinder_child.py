@@ -49,13 +49,14 @@ import cinder  # noqa: E402
 from cinder import context, objects  # noqa: E402
 from cinder.common import config as _common_config  # noqa: E402,F401 - registers [database] etc.
 from cinder.db import migration  # noqa: E402
-from cinder.volume import configuration, volume_types  # noqa: E402
+from cinder.volume import configuration, group_types, volume_types  # noqa: E402
 from cinder.volume.drivers.vmware import vmdk  # noqa: E402
 from oslo_config import cfg  # noqa: E402
 
 from vmdk_snap.testing import Control  # noqa: E402
 
 BACKEND = "vmdk-sim"
+GROUP_TYPES = {"consistent": {"consistent_group_snapshot_enabled": "<is> True"}, "plain": {}}
 VOLUME_TYPES = {
     "linked": {"vmware:clone_type": "linked"},
     "full": {"vmware:clone_type": "full"},
@@ -82,9 +83,12 @@ def _database(workdir: Path) -> None:
 
 
 def _volume_types(ctx: Any) -> dict[str, str]:
-    return {
+    types = {
         name: volume_types.create(ctx, name, specs)["id"] for name, specs in VOLUME_TYPES.items()
     }
+    for name, specs in GROUP_TYPES.items():
+        types[f"group:{name}"] = group_types.create(ctx, name, specs)["id"]
+    return types
 
 
 def driver(request: dict[str, Any]) -> Any:
@@ -102,11 +106,17 @@ def driver(request: dict[str, Any]) -> Any:
         "vmware_api_retry_count": 1,
         **request.get("options", {}),
     }
+    opts = list(vmdk.vmdk_opts)
+    cls = vmdk.VMwareVcVmdkDriver
+    if request.get("driver") == "vmdk_snap":
+        from vmdk_snap import cinder_driver  # noqa: PLC0415 - only when asked: it needs Cinder
+
+        cls = cinder_driver.VmdkSnapDriver
+        opts += cinder_driver.vmdk_snap_opts
+        conf.register_opts(cinder_driver.vmdk_snap_opts, group=BACKEND)
     for key, value in options.items():
         conf.set_override(key, value, group=BACKEND)
-    return vmdk.VMwareVcVmdkDriver(
-        configuration=configuration.Configuration(vmdk.vmdk_opts, config_group=BACKEND)
-    )
+    return cls(configuration=configuration.Configuration(opts, config_group=BACKEND))
 
 
 class Objects:
@@ -118,6 +128,9 @@ class Objects:
 
     def volume(self, v: dict[str, Any]) -> Any:
         attached = v.get("attached_to", [])
+        attach_status = v.get(
+            "attach_status", "attached"
+        )  # "attaching", "detaching": in transition
         attachments = objects.VolumeAttachmentList(
             objects=[
                 objects.VolumeAttachment(
@@ -125,7 +138,7 @@ class Objects:
                     id=f"{i:08d}-0000-4000-8000-{v['id'][-12:]}",
                     volume_id=v["id"],
                     instance_uuid=uuid,
-                    attach_status="attached",
+                    attach_status=attach_status,
                     attach_mode="rw",
                     attached_host=None,
                     mountpoint="/dev/sdb",
@@ -164,6 +177,19 @@ class Objects:
             project_id=volume.project_id,
         )
 
+    def group_snapshot(self, g: dict[str, Any]) -> tuple[Any, list[Any]]:
+        """A group snapshot ``{"id", "group_type", "snapshots": [...]}`` and its snapshots."""
+        group = objects.GroupSnapshot(
+            self.ctx,
+            id=g["id"],
+            group_id=g.get("group_id", g["id"]),
+            group_type_id=self.types[f"group:{g['group_type']}"],
+            name=g.get("name", "group"),
+            status="creating",
+            project_id="project-sim",
+        )
+        return group, [self.snapshot(s) for s in g["snapshots"]]
+
 
 def call(d: Any, o: Objects, name: str, args: list[Any]) -> Any:
     """Run one driver call on the objects its JSON arguments describe."""
@@ -181,6 +207,8 @@ def call(d: Any, o: Objects, name: str, args: list[Any]) -> Any:
             v(args[0]), snap(args[1])
         ),
         "create_cloned_volume": lambda: d.create_cloned_volume(v(args[0]), v(args[1])),
+        "create_group_snapshot": lambda: d.create_group_snapshot(o.ctx, *o.group_snapshot(args[0])),
+        "delete_group_snapshot": lambda: d.delete_group_snapshot(o.ctx, *o.group_snapshot(args[0])),
     }
     if name not in calls:
         raise ValueError(f"unknown call {name!r}")
@@ -192,11 +220,17 @@ def main() -> int:
     objects.register_all()
     cfg.CONF([], project="cinder", default_config_files=[])
     with tempfile.TemporaryDirectory(prefix="cinder-child-") as workdir:
+        # cinder-volume's own directories: our journal, Cinder's file locks.
+        cfg.CONF.set_override("state_path", request.get("state_path") or workdir)
         _database(Path(workdir))
         ctx = context.get_admin_context()
         o = Objects(ctx, _volume_types(ctx))
         d = driver(request)
-        d.do_setup(ctx)
+        try:
+            d.do_setup(ctx)
+        except Exception as exc:  # noqa: BLE001 - the setup's failure is the test's result
+            print(json.dumps([{"error": type(exc).__name__, "message": str(exc)}]))
+            return 0
         results: list[dict[str, Any]] = [
             {"result": {"vc_version": d._vc_version, "storage_policy": d._storage_policy_enabled}}
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyVmomi import vim, vmodl
@@ -25,6 +26,8 @@ __all__ = [
     "files",
     "nova_attach",
     "nova_detach",
+    "snapdriver",
+    "snapdriver_ok",
     "snapshot_names",
     "tokens",
 ]
@@ -69,6 +72,28 @@ class CinderVolume:
 def cinder(vc: Target, *calls: list[Any], **options: Any) -> list[dict[str, Any]]:
     """do_setup, then ``calls``, in a child process; the setup's and the calls' results."""
     return run_child("tests.cinder.cinder_child", vc, list(calls), timeout=300, options=options)
+
+
+def snapdriver(vc: Target, state: Path, *calls: list[Any], **options: Any) -> list[dict[str, Any]]:
+    """Like :func:`cinder`, with our ``VmdkSnapDriver``; ``state`` is cinder-volume's
+    ``state_path`` (our journal, Cinder's file locks), kept between calls."""
+    return run_child(
+        "tests.cinder.cinder_child",
+        vc,
+        list(calls),
+        timeout=300,
+        options=options,
+        extra={"driver": "vmdk_snap", "state_path": str(state)},
+    )
+
+
+def snapdriver_ok(vc: Target, state: Path, *calls: list[Any], **options: Any) -> list[Any]:
+    """Like :func:`snapdriver`, asserting that the setup and every call succeeded."""
+    results = snapdriver(vc, state, *calls, **options)
+    assert "error" not in results[0], results[0]
+    for call, result in zip(calls, results[1:], strict=True):
+        assert "error" not in result, (call[0], result)
+    return [r["result"] for r in results[1:]]
 
 
 def cinder_ok(vc: Target, *calls: list[Any], **options: Any) -> list[Any]:

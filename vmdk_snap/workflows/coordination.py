@@ -136,12 +136,23 @@ class ToozLocks:
     stopped by :meth:`close`.
     """
 
-    def __init__(self, url: str, member_id: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str = "",
+        member_id: str | None = None,
+        *,
+        coordinator: Any = None,
+        description: str | None = None,
+    ) -> None:
         self.url = url
-        self.description = f"the coordination service {_redact(url)}"
+        self.description = description or f"the coordination service {_redact(url)}"
         self.host = socket.gethostname()
         self.member_id = member_id or f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._coordinator: Any = None
+        # A coordinator given (Cinder's own, started and kept alive by its
+        # service) is used as it is: never started, beaten or stopped here.
+        self._coordinator: Any = coordinator
+        self._owned = coordinator is None
+        self._joined = False
         self._mutex = threading.Lock()
         self._holds: dict[str, str] = {}  # lock name -> what holds it here
         self._stopping = threading.Event()
@@ -152,6 +163,9 @@ class ToozLocks:
     def _coord(self) -> Any:
         with self._mutex:
             if self._coordinator is not None:
+                if not self._joined:
+                    self._joined = True
+                    self._join()
                 return self._coordinator
             coordination = _tooz()
             try:
@@ -165,6 +179,7 @@ class ToozLocks:
                     "and that the service runs",
                 ) from exc
             self._coordinator = coordinator
+            self._joined = True
             self._join()
             self._stopping.clear()
             self._heart = threading.Thread(
@@ -263,8 +278,16 @@ class ToozLocks:
     def close(self) -> None:
         """Leave the group and stop the coordinator (its leases go with it)."""
         with self._mutex:
-            coord, self._coordinator = self._coordinator, None
+            coord = self._coordinator
+            if self._owned:
+                self._coordinator = None
+            joined, self._joined = self._joined, False
         if coord is None:
+            return
+        if not self._owned:
+            if joined:
+                with contextlib.suppress(Exception):
+                    coord.leave_group(GROUP).get()
             return
         self._stopping.set()
         if self._heart is not None:

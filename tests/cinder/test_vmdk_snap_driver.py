@@ -1,0 +1,190 @@
+"""vmdk_snap.cinder_driver.VmdkSnapDriver on Cinder's real objects, against the
+simulator (issue 16, tier 1).
+
+The driver runs as cinder-volume would run it: in a process of its own,
+eventlet-patched, configured through a backend section, with Cinder's own
+coordination (file locks under ``state_path``) and our journal under
+``state_path``. Volumes are made by Cinder's own code (the subclass keeps it)
+and attached as Nova does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cinder.support import (
+    EAGER,
+    CinderVolume,
+    backing,
+    cinder_ok,
+    disk_of,
+    files,
+    nova_attach,
+    snapdriver,
+    snapdriver_ok,
+    snapshot_names,
+    tokens,
+)
+from tests.conftest import Target
+from tests.vsphere import connect, virtual_disks
+from tests.vsphere import moref as moref_of
+from tests.workflow_checks import snapshot_trees, vm
+
+pytest.importorskip("cinder")
+
+
+def attached(vc: Target, instance: dict[str, Any], volume: CinderVolume) -> tuple[str, int]:
+    """Cinder makes the volume, Nova attaches it: (backing, the instance's disk key)."""
+    (_, connection) = cinder_ok(
+        vc,
+        ["create_volume", volume.json()],
+        ["initialize_connection", volume.json(), {"instance": instance["moref"]}],
+        **EAGER,
+    )
+    key = nova_attach(vc, instance["moref"], volume, connection)
+    moref = backing(vc, volume.name)
+    assert moref is not None
+    return moref, key
+
+
+@pytest.mark.live
+def test_stats_report_consistent_group_snapshots(vc: Target, tmp_path: Path) -> None:
+    (stats,) = snapdriver_ok(vc, tmp_path, ["stats"])
+    assert stats["consistent_group_snapshot_enabled"] is True
+    assert stats["storage_protocol"] == "vmdk"  # the rest is Cinder's own
+
+
+@pytest.mark.live
+def test_an_in_use_volume_is_snapshotted_attached_and_cinder_builds_a_volume_from_it(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    inst = vc.ctl.scenario("instance")["instances"][0]
+    volume = CinderVolume()
+    moref, key = attached(vc, inst, volume)
+    vc.ctl.write(inst["moref"], key, "before")
+    (inst_tree,) = snapshot_trees(ops, inst["moref"])
+    snap = volume.snapshot()
+    vc.ctl.reset_bytes_copied()
+    (update,) = snapdriver_ok(vc, tmp_path, ["create_snapshot", snap])
+    assert update is None  # the stock COW shape: no provider_location
+    assert snapshot_names(vc, moref) == [f"snapshot-{snap['id']}"]
+    assert vc.ctl.bytes_copied()["total"] == 0
+    assert snapshot_trees(ops, inst["moref"]) == [inst_tree]
+    vc.ctl.write(inst["moref"], key, "after")
+
+    # Cinder's own create_volume_from_snapshot (kept by the subclass) uses it.
+    new = CinderVolume()
+    snapdriver_ok(vc, tmp_path, ["create_volume_from_snapshot", new.json(), snap])
+    new_vm = backing(vc, new.name)
+    assert new_vm is not None
+    assert tokens(vc, new_vm) == ["before"]
+
+    # Deleting it while attached works (the stock driver refuses).
+    snapdriver_ok(vc, tmp_path, ["delete_snapshot", snap])
+    assert snapshot_names(vc, moref) == []
+    assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == ["before", "after"]
+
+
+@pytest.mark.live
+def test_in_transition_and_multi_attached_volumes_are_refused_saying_why(
+    vc: Target, tmp_path: Path
+) -> None:
+    inst = vc.ctl.scenario("instance")["instances"][0]
+    volume = CinderVolume()
+    moref, _key = attached(vc, inst, volume)
+    before = files(vc)
+    moving = {**volume.json(), "attach_status": "attaching"}
+    multi = {**volume.json(), "attached_to": [*volume.attached_to, str(uuid.uuid4())]}
+    results = snapdriver(
+        vc,
+        tmp_path,
+        ["create_snapshot", {"id": str(uuid.uuid4()), "volume": moving}],
+        ["create_snapshot", {"id": str(uuid.uuid4()), "volume": multi}],
+    )[1:]
+    assert [r["error"] for r in results] == ["InvalidVolume", "InvalidVolume"]
+    assert "attachment attaching" in results[0]["message"]
+    assert "several instances" in results[1]["message"]
+    assert snapshot_names(vc, moref) == []
+    assert files(vc) == before
+
+
+@pytest.mark.live
+def test_an_available_volume_snapshot_and_revert(vc: Target, tmp_path: Path) -> None:
+    volume = CinderVolume()
+    cinder_ok(vc, ["create_volume", volume.json()], **EAGER)
+    moref = backing(vc, volume.name)
+    assert moref is not None
+    key = int(disk_of(vc, moref).key)
+    vc.ctl.write(moref, key, "kept")
+    snap = volume.snapshot()
+    snapdriver_ok(vc, tmp_path, ["create_snapshot", snap])
+    vc.ctl.write(moref, key, "undone")
+    snapdriver_ok(vc, tmp_path, ["revert_to_snapshot", volume.json(), snap])
+    assert tokens(vc, moref) == ["kept"]
+    # A template snapshot (made earlier by the stock format) cannot be reverted to.
+    template = {**snap, "provider_location": "/DC0/vm/Snapshots/x"}
+    (refused,) = snapdriver(vc, tmp_path, ["revert_to_snapshot", volume.json(), template])[1:]
+    assert refused["error"] == "InvalidSnapshot"
+
+
+@pytest.mark.live
+def test_a_consistent_group_snapshot_takes_the_instances_members_at_one_moment(
+    vc: Target, ops: Any, tmp_path: Path
+) -> None:
+    inst = vc.ctl.scenario("instance")["instances"][0]
+    volumes = [CinderVolume(), CinderVolume()]
+    placed = [attached(vc, inst, v) for v in volumes]
+    for v, (_moref, key) in zip(volumes, placed, strict=True):
+        vc.ctl.write(inst["moref"], key, f"at-{v.id[:8]}")
+    snaps = [v.snapshot() for v in volumes]
+    group = {"id": str(uuid.uuid4()), "group_type": "consistent", "snapshots": snaps}
+    vc.ctl.reset_calls()
+    ((model, members),) = snapdriver_ok(vc, tmp_path, ["create_group_snapshot", group])
+    calls = vc.ctl.calls()
+    assert model == {"status": "available"}
+    assert members == [{"id": s["id"], "status": "available"} for s in snaps]
+    # One instance snapshot and one per backing: one moment.
+    assert calls.get("CreateSnapshot_Task") == 3
+    for v, s, (moref, _key) in zip(volumes, snaps, placed, strict=True):
+        assert snapshot_names(vc, moref) == [f"snapshot-{s['id']}"]
+        node = ops.get_vm(vm(moref)).snapshot_named(f"snapshot-{s['id']}")
+        with connect(vc) as si:
+            (disk,) = virtual_disks(si, moref_of(si, "VirtualMachineSnapshot", node.ref.value))
+        assert vc.ctl.read_snapshot(node.ref.value, disk.key)["tokens"][-1] == f"at-{v.id[:8]}"
+    ((model, members),) = snapdriver_ok(vc, tmp_path, ["delete_group_snapshot", group])
+    assert model == {"status": "deleted"}
+    assert [m["status"] for m in members] == ["deleted", "deleted"]
+    for moref, _key in placed:
+        assert snapshot_names(vc, moref) == []
+    # A group type without the spec: Cinder snapshots the members one by one.
+    plain = {**group, "group_type": "plain"}
+    (fallback,) = snapdriver(vc, tmp_path, ["create_group_snapshot", plain])[1:]
+    assert fallback["error"] == "NotImplementedError"
+
+
+@pytest.mark.live
+def test_bad_input_through_cinder(vc: Target, tmp_path: Path) -> None:
+    # A volume without a backing (lazily created, never attached): a logged no-op.
+    lazy = CinderVolume()
+    assert snapdriver_ok(vc, tmp_path, ["create_snapshot", lazy.snapshot()]) == [None]
+    # A volume attached to an instance vCenter does not know.
+    volume = CinderVolume(attached_to=[str(uuid.uuid4())])
+    cinder_ok(vc, ["create_volume", {**volume.json(), "attached_to": []}], **EAGER)
+    moref = backing(vc, volume.name)
+    assert moref is not None
+    before = files(vc)
+    (unknown,) = snapdriver(vc, tmp_path, ["create_snapshot", volume.snapshot()])[1:]
+    assert unknown["error"] in {"InvalidVolume", "VolumeBackendAPIException"}, unknown
+    assert snapshot_names(vc, moref) == []
+    assert files(vc) == before
+
+
+@pytest.mark.live
+def test_wrong_credentials_at_do_setup_name_the_options(vc: Target, tmp_path: Path) -> None:
+    (setup,) = snapdriver(vc, tmp_path, vmware_host_password="wrong")
+    assert setup["error"] == "VolumeBackendAPIException", setup
+    assert "vmware_host_username and vmware_host_password" in setup["message"]
