@@ -102,7 +102,9 @@ def child_env(**extra: str) -> dict[str, str]:
     state (once, on one xdist worker, children could not import it through the
     virtualenv's editable install; the cause was not found).
     """
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    first = extra.pop("PYTHONPATH", "")  # a test's own packages, before this checkout
+    parts = (first, str(REPO), os.environ.get("PYTHONPATH", ""))
+    path = os.pathsep.join(p for p in parts if p)
     return dict(os.environ, PYTHONPATH=path, **extra)
 
 

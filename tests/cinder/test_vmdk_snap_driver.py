@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.cinder.children import run_child
 from tests.cinder.support import (
     EAGER,
     CinderVolume,
@@ -188,3 +189,74 @@ def test_wrong_credentials_at_do_setup_name_the_options(vc: Target, tmp_path: Pa
     (setup,) = snapdriver(vc, tmp_path, vmware_host_password="wrong")
     assert setup["error"] == "VolumeBackendAPIException", setup
     assert "vmware_host_username and vmware_host_password" in setup["message"]
+
+
+_MARKER_STRATEGY = '''
+import os
+from pathlib import Path
+
+from vmdk_snap.strategies import DetachedStrategy
+
+
+class MarkerStrategy(DetachedStrategy):
+    """A vendor's strategy: the detached one, leaving a mark of each use."""
+
+    def take(self, state, name, *, quiesce):
+        with Path(os.environ["MARKER_FILE"]).open("a") as f:
+            f.write(f"{state.volume_id} {name}\\n")
+        return super().take(state, name, quiesce=quiesce)
+'''
+
+
+@pytest.mark.live
+def test_a_strategy_installed_through_an_entry_point_is_used(vc: Target, tmp_path: Path) -> None:
+    """A package adds a strategy without touching this code: an entry point in
+    the group vmdk_snap.strategies, named in the backend's options."""
+    site = tmp_path / "site"
+    (site / "marker_strategy-1.0.dist-info").mkdir(parents=True)
+    (site / "marker_strategy.py").write_text(_MARKER_STRATEGY)
+    (site / "marker_strategy-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: marker-strategy\nVersion: 1.0\n"
+    )
+    (site / "marker_strategy-1.0.dist-info" / "entry_points.txt").write_text(
+        "[vmdk_snap.strategies]\nmarker = marker_strategy:MarkerStrategy\n"
+    )
+    marks = tmp_path / "marks.txt"
+    volume = CinderVolume()
+    cinder_ok(vc, ["create_volume", volume.json()], **EAGER)
+    snap = volume.snapshot()
+    results = run_child(
+        "tests.cinder.cinder_child",
+        vc,
+        [["create_snapshot", snap]],
+        timeout=300,
+        options={"vmdk_snap_strategy_available": "marker"},
+        extra={"driver": "vmdk_snap", "state_path": str(tmp_path / "state")},
+        env={"PYTHONPATH": str(site), "MARKER_FILE": str(marks)},
+    )
+    assert "error" not in results[1], results
+    assert marks.read_text().split() == [volume.id, f"snapshot-{snap['id']}"]
+    moref = backing(vc, volume.name)
+    assert moref is not None
+    assert snapshot_names(vc, moref) == [f"snapshot-{snap['id']}"]
+    # An unknown name is a configuration error at setup, naming what is known.
+    (setup,) = snapdriver(vc, tmp_path / "state", vmdk_snap_strategy_in_use="nope")
+    assert setup["error"] == "InvalidConfigurationValue", setup
+    assert "attached" in setup["message"]
+
+
+@pytest.mark.live
+def test_a_vcenter_task_failure_leaves_the_snapshot_error_and_vcenter_as_before(
+    clean_sim: Target, ops: Any, tmp_path: Path
+) -> None:
+    vc = clean_sim
+    inst = vc.ctl.scenario("instance")["instances"][0]
+    volume = CinderVolume()
+    moref, _key = attached(vc, inst, volume)
+    trees = snapshot_trees(ops, inst["moref"], moref)
+    before = files(vc)
+    vc.ctl.inject_fault("CreateSnapshot_Task", "task", "SystemError", match=f">{moref}<")
+    (failed,) = snapdriver(vc, tmp_path, ["create_snapshot", volume.snapshot()])[1:]
+    assert failed["error"] == "VolumeBackendAPIException", failed
+    assert snapshot_trees(ops, inst["moref"], moref) == trees
+    assert files(vc) == before
