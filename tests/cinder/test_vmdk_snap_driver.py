@@ -25,6 +25,7 @@ from tests.cinder.support import (
     disk_of,
     files,
     nova_attach,
+    nova_detach,
     snapdriver,
     snapdriver_ok,
     snapshot_names,
@@ -64,6 +65,7 @@ def test_an_in_use_volume_is_snapshotted_attached_and_cinder_builds_a_volume_fro
     vc: Target, ops: Any, tmp_path: Path
 ) -> None:
     inst = vc.ctl.scenario("instance")["instances"][0]
+    everything = files(vc)
     volume = CinderVolume()
     moref, key = attached(vc, inst, volume)
     vc.ctl.write(inst["moref"], key, "before")
@@ -88,6 +90,13 @@ def test_an_in_use_volume_is_snapshotted_attached_and_cinder_builds_a_volume_fro
     snapdriver_ok(vc, tmp_path, ["delete_snapshot", snap])
     assert snapshot_names(vc, moref) == []
     assert vc.ctl.read_disk(inst["moref"], key)["tokens"] == ["before", "after"]
+
+    # End to end: Nova detaches, Cinder deletes both volumes: nothing is left
+    # behind, the instance's own disk as it was.
+    nova_detach(vc, inst["moref"], volume, key)
+    snapdriver_ok(vc, tmp_path, ["delete_volume", new.json()], ["delete_volume", volume.json()])
+    assert files(vc) == everything
+    assert vc.ctl.read_disk(inst["moref"], 2000)["tokens"] == [f"seed:{inst['uuid']}"]
 
 
 @pytest.mark.live

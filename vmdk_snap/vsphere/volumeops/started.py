@@ -37,6 +37,7 @@ from typing import Any
 
 from pyVmomi import vim
 
+from vmdk_snap.errors import NotFound
 from vmdk_snap.types import Moref
 from vmdk_snap.vsphere.session import Session, StartedCheck
 from vmdk_snap.vsphere.volumeops.collect import Found, Obj, Traverse, moref_of, retrieve
@@ -136,8 +137,17 @@ def started_check(
     def check(sent_at: datetime) -> Any:
         targets = {moref_of(e) for e in entities}
         snapshots = [e for e in entities if isinstance(e, vim.vm.Snapshot)]
+        gone = False  # a snapshot the call named no longer exists
         if snapshots:
-            for f in retrieve(session, [Obj(s) for s in snapshots], {vim.vm.Snapshot: ["vm"]}):
+            try:
+                found_vms = retrieve(
+                    session, [Obj(s) for s in snapshots], {vim.vm.Snapshot: ["vm"]}
+                )
+            except NotFound:
+                # The task ran and finished before this look (a removal is
+                # quick): its VM cannot be read from the snapshot any more.
+                gone, found_vms = True, []
+            for f in found_vms:
                 if f.props.get("vm") is not None:
                     targets.add(moref_of(f.props["vm"]))
         starts = [
@@ -159,7 +169,7 @@ def started_check(
                 for f in found
                 if f.ref.type == "Task"
                 and not session.started_by_us(f.ref.value)
-                and _ours(f, targets, kind, sent_at)
+                and _ours(f, targets, kind, sent_at, any_vm=gone)
             ),
             key=lambda f: f.props["info.queueTime"],
         )
@@ -174,13 +184,20 @@ def started_check(
     return check
 
 
-def _ours(f: Found, targets: set[Moref], kind: str, sent_at: datetime) -> bool:
+def _ours(
+    f: Found, targets: set[Moref], kind: str, sent_at: datetime, *, any_vm: bool = False
+) -> bool:
+    """Whether task ``f`` is the call's: its entity, its kind, queued after it was sent.
+
+    ``any_vm``: the snapshot the call named is gone, so its VM is unknown; a
+    task of that kind on any VM, queued since, is taken as the call's.
+    """
     entity = f.props.get("info.entity")
     queued = f.props.get("info.queueTime")
     described = str(f.props.get("info.descriptionId", "")).rsplit(".", 1)[-1]
     return (
         entity is not None
-        and moref_of(entity) in targets
+        and (moref_of(entity) in targets or (any_vm and moref_of(entity).type == "VirtualMachine"))
         and described.lower().startswith(kind)
         and queued is not None
         and queued >= sent_at - _STARTED_SLACK
