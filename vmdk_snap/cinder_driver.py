@@ -297,6 +297,15 @@ class VmdkSnapDriver(vmdk.VMwareVcVmdkDriver):  # type: ignore[misc]
             return
         volume = self._volume(snapshot.volume)
         try:
+            if volume.status == AVAILABLE:
+                dependent = self.snap.dependent_vms(volume)
+                if dependent:
+                    LOG.info(
+                        "vmdk_snap: snapshot %s is busy: %s build on its volume's snapshots",
+                        snapshot.name,
+                        ", ".join(dependent),
+                    )
+                    raise exception.SnapshotIsBusy(snapshot_name=snapshot.name)
             self.snap.delete_snapshot(volume, snapshot.name)
         except NotFound:
             LOG.debug("Backing or snapshot %s does not exist: nothing to delete.", snapshot.name)

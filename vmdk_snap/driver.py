@@ -654,6 +654,22 @@ class Driver:
             volumes, name, force=force, quiesce=quiesce, names=names or {}
         )
 
+    def dependent_vms(self, volume: Volume) -> list[str]:
+        """Names of other VMs whose disks build on files the volume's snapshots hold.
+
+        A linked clone made from a snapshot (Cinder's ``clone_type: linked``)
+        is a delta on such a file; deleting a snapshot of an available volume
+        merges into those files, so while this list is not empty the caller
+        refuses (Cinder: ``SnapshotIsBusy``). Conservative: any snapshot's
+        file counts, not only the one to delete. One read across the inventory.
+        """
+        state = self._state(volume)
+        held = {p for p in state.backing_disk.chain[1:]}
+        if not held:
+            return []
+        others = [r for r in self.ops.find_vms_using(held) if r != state.backing.ref]
+        return sorted(vm.name for vm in self.ops.get_vms(others)) if others else []
+
     def revert_to_snapshot(self, volume: Volume, name: str) -> None:
         """Revert the volume to snapshot ``name``; only when it is available."""
         validate_snapshot_name(name)

@@ -269,3 +269,28 @@ def test_a_vcenter_task_failure_leaves_the_snapshot_error_and_vcenter_as_before(
     assert failed["error"] == "VolumeBackendAPIException", failed
     assert snapshot_trees(ops, inst["moref"], moref) == trees
     assert files(vc) == before
+
+
+@pytest.mark.live
+def test_a_snapshot_a_linked_clone_depends_on_is_busy(vc: Target, tmp_path: Path) -> None:
+    """Cinder puts a snapshot back to available on SnapshotIsBusy."""
+    volume = CinderVolume()
+    cinder_ok(vc, ["create_volume", volume.json()], **EAGER)
+    moref = backing(vc, volume.name)
+    assert moref is not None
+    snap = volume.snapshot()
+    linked = CinderVolume(volume_type="linked")
+    (_, _, refused) = snapdriver(
+        vc,
+        tmp_path,
+        ["create_snapshot", snap],
+        ["create_volume_from_snapshot", linked.json(), snap],
+        ["delete_snapshot", snap],
+    )[1:]
+    assert refused.get("error") == "SnapshotIsBusy", refused
+    assert snapshot_names(vc, moref) == [f"snapshot-{snap['id']}"]
+    linked_vm = backing(vc, linked.name)
+    assert linked_vm is not None
+    # Once the clone is gone, the snapshot deletes.
+    snapdriver_ok(vc, tmp_path, ["delete_volume", linked.json()], ["delete_snapshot", snap])
+    assert snapshot_names(vc, moref) == []
