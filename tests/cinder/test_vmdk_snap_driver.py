@@ -10,6 +10,9 @@ and attached as Nova does.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,10 +34,12 @@ from tests.cinder.support import (
     snapshot_names,
     tokens,
 )
-from tests.conftest import Target
+from tests.conftest import Target, child_env
+from tests.library.test_workflow_faults import _CHILD
 from tests.vsphere import connect, virtual_disks
 from tests.vsphere import moref as moref_of
 from tests.workflow_checks import snapshot_trees, vm
+from vmdk_snap.workflows.journal import Journal
 
 pytest.importorskip("cinder")
 
@@ -294,3 +299,68 @@ def test_a_snapshot_a_linked_clone_depends_on_is_busy(vc: Target, tmp_path: Path
     # Once the clone is gone, the snapshot deletes.
     snapdriver_ok(vc, tmp_path, ["delete_volume", linked.json()], ["delete_snapshot", snap])
     assert snapshot_names(vc, moref) == []
+
+
+@pytest.mark.live
+def test_a_group_on_two_instances_is_one_moment_per_instance(vc: Target, tmp_path: Path) -> None:
+    """What is guaranteed across instances: each instance's members at one
+    moment (one instance snapshot each), the instances one after the other."""
+    volumes = [CinderVolume(), CinderVolume()]
+    morefs = []
+    for v in volumes:
+        inst = vc.ctl.scenario("instance")["instances"][0]
+        moref, key = attached(vc, inst, v)
+        vc.ctl.write(inst["moref"], key, f"at-{v.id[:8]}")
+        morefs.append(moref)
+    snaps = [v.snapshot() for v in volumes]
+    group = {"id": str(uuid.uuid4()), "group_type": "consistent", "snapshots": snaps}
+    vc.ctl.reset_calls()
+    ((model, members),) = snapdriver_ok(vc, tmp_path, ["create_group_snapshot", group])
+    assert model == {"status": "available"}
+    assert [m["status"] for m in members] == ["available", "available"]
+    assert vc.ctl.calls().get("CreateSnapshot_Task") == 4  # two instances, two backings
+    for moref, s in zip(morefs, snaps, strict=True):
+        assert snapshot_names(vc, moref) == [f"snapshot-{s['id']}"]
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(
+    ("die_at", "ends"), [("snapshot_backing", "rolled_back"), ("hand_over_top", "done")]
+)
+def test_an_interrupted_workflow_is_recovered_when_the_service_starts(
+    vc: Target, ops: Any, tmp_path: Path, die_at: str, ends: str
+) -> None:
+    """cinder-volume killed in a forced snapshot: do_setup, at the next start,
+    rolls it back or finishes it from the journal under state_path."""
+    inst = vc.ctl.scenario("instance")["instances"][0]
+    volume = CinderVolume()
+    moref, _key = attached(vc, inst, volume)
+    (inst_tree,) = snapshot_trees(ops, inst["moref"])
+    journal = tmp_path / "vmdk-snap" / "vmdk-sim.sqlite"  # $state_path/vmdk-snap/<backend>.sqlite
+    journal.parent.mkdir(parents=True)
+    args = [
+        vc.url,
+        vc.username,
+        vc.ca_file,
+        str(journal),
+        "snapshot",
+        volume.id,
+        volume.attached_to[0],
+        die_at,
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, *args],
+        env=child_env(VMDK_SNAP_TEST_PASSWORD=vc.password),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    (record,) = Journal(journal).workflows()
+    assert record.state == "running"
+
+    (stats,) = snapdriver_ok(vc, tmp_path, ["stats"])  # the service starts again
+    assert stats["consistent_group_snapshot_enabled"] is True
+    (record,) = Journal(journal).workflows()
+    assert record.state == ends
+    assert snapshot_trees(ops, inst["moref"]) == [inst_tree]  # no temporary snapshot left
+    assert snapshot_names(vc, moref) == (["snapshot-1"] if ends == "done" else [])
