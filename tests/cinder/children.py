@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from tests.cinder.wsdl import vim_wsdl
 from tests.conftest import child_env
 
-__all__ = ["Endpoint", "run_child"]
+__all__ = ["Endpoint", "child_results", "run_child", "start_child"]
 
 
 class Endpoint(Protocol):
@@ -30,6 +30,43 @@ class Endpoint(Protocol):
     def password(self) -> str: ...
     @property
     def ca_file(self) -> str: ...
+
+
+def start_child(
+    module: str, vc: Endpoint, calls: list[list[Any]], *, extra: dict[str, Any] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``module`` on ``calls`` without waiting; :func:`child_results` reads its answer."""
+    request = {
+        "options": {},
+        **(extra or {}),
+        "url": vc.url,
+        "username": vc.username,
+        "password": vc.password,
+        "ca_file": vc.ca_file,
+        "wsdl": vim_wsdl().as_uri(),
+        "calls": calls,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(request))
+    proc.stdin.close()
+    proc.stdin = None  # written: communicate() only reads
+    return proc
+
+
+def child_results(proc: subprocess.Popen[str], timeout: float) -> list[Any]:
+    """The JSON answer of a child :func:`start_child` started."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    results: list[Any] = json.loads(out.strip().splitlines()[-1])
+    return results
 
 
 def run_child(

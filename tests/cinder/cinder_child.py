@@ -222,6 +222,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cinder-child-") as workdir:
         # cinder-volume's own directories: our journal, Cinder's file locks.
         cfg.CONF.set_override("state_path", request.get("state_path") or workdir)
+        if request.get("coordination_url"):  # cinder.conf's [coordination] backend_url
+            cfg.CONF.set_override("backend_url", request["coordination_url"], group="coordination")
         _database(Path(workdir))
         ctx = context.get_admin_context()
         o = Objects(ctx, _volume_types(ctx))

@@ -13,13 +13,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cinder.children import run_child
+from tests.cinder.children import child_results, run_child, start_child
 from tests.cinder.support import (
     EAGER,
     CinderVolume,
@@ -39,6 +40,8 @@ from tests.library.test_workflow_faults import _CHILD
 from tests.vsphere import connect, virtual_disks
 from tests.vsphere import moref as moref_of
 from tests.workflow_checks import snapshot_trees, vm
+from vmdk_snap.errors import Busy
+from vmdk_snap.workflows.coordination import ToozLocks
 from vmdk_snap.workflows.journal import Journal
 
 pytest.importorskip("cinder")
@@ -364,3 +367,58 @@ def test_an_interrupted_workflow_is_recovered_when_the_service_starts(
     assert record.state == ends
     assert snapshot_trees(ops, inst["moref"]) == [inst_tree]  # no temporary snapshot left
     assert snapshot_names(vc, moref) == (["snapshot-1"] if ends == "done" else [])
+
+
+@pytest.mark.live
+def test_two_backends_with_volumes_on_one_instance_take_turns_through_cinders_coordination(
+    clean_sim: Target, ops: Any, etcd: str, tmp_path: Path
+) -> None:
+    """Two cinder-volume services (own state_path each, as on two hosts), one
+    ``[coordination] backend_url`` (a real etcd): the instance's lock is held
+    in etcd through Cinder's own coordinator, so the second service waits."""
+    vc = clean_sim
+    inst = vc.ctl.scenario("instance")["instances"][0]
+    volumes = [CinderVolume(), CinderVolume()]
+    morefs = [attached(vc, inst, v)[0] for v in volumes]
+    (inst_tree,) = snapshot_trees(ops, inst["moref"])
+    snaps = [v.snapshot() for v in volumes]
+    vc.ctl.set_task_time("RemoveSnapshot_Task", 8000)  # the first holds the instance a while
+
+    def service(i: int) -> subprocess.Popen[str]:
+        extra = {
+            "driver": "vmdk_snap",
+            "state_path": str(tmp_path / f"host-{i}"),
+            "coordination_url": etcd,
+        }
+        return start_child(
+            "tests.cinder.cinder_child", vc, [["create_snapshot", snaps[i]]], extra=extra
+        )
+
+    first = service(0)
+    locks = ToozLocks(etcd)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until the first service holds the instance, in etcd
+            probe = locks.instance(inst["uuid"], timeout=0)
+            try:
+                probe.acquire()
+            except Busy as exc:
+                held = str(exc)
+                break
+            probe.release()
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline, "the first service never held the instance"
+            time.sleep(0.2)
+    finally:
+        locks.close()
+    assert "on host" in held  # the holder named, through the tooz group vmdk-snap
+    second = service(1)
+    results = [child_results(p, timeout=300) for p in (first, second)]
+    for r in results:
+        assert "error" not in r[1], r
+    # The second waited for the first: both snapshots taken, no temporary
+    # snapshot left on the instance, each backing with its own.
+    assert results[1][1]["seconds"] > 4, results
+    assert snapshot_trees(ops, inst["moref"]) == [inst_tree]
+    for moref, s in zip(morefs, snaps, strict=True):
+        assert snapshot_names(vc, moref) == [f"snapshot-{s['id']}"]
