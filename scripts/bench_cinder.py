@@ -95,17 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     with Simulator() as sim, tempfile.TemporaryDirectory() as tmp:
         assert sim.info is not None
         info, ctl = sim.info, sim.control()
-        vc = Target(
-            "live",
-            info.url,
-            info.host,
-            info.port,
-            info.username,
-            info.password,
-            info.ca_file,
-            "",
-            ctl,
-        )
+        vc = Target.of(sim)
         ctl.set_copy_rate(args.copy_rate_mib * (1 << 20))
         with Session(info.url, info.username, info.password, ca_file=info.ca_file) as session:
             driver = Driver(

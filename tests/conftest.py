@@ -181,6 +181,23 @@ class Target:
     ctl: Control
     insecure: bool = False
 
+    @classmethod
+    def of(cls, sim: Simulator, tier: str = "live") -> Target:
+        """The target of a running simulator."""
+        info = sim.info
+        assert info is not None, "the simulator is not running"
+        return cls(
+            tier,
+            info.url,
+            info.host,
+            info.port,
+            info.username,
+            info.password,
+            info.ca_file,
+            info.thumbprint,
+            sim.control(),
+        )
+
 
 def _cassette_path(request: pytest.FixtureRequest) -> Path:
     return _cassette_of(request.node)
@@ -350,19 +367,9 @@ def vc(
             yield from _record_real(real, request, cassette, meta_path)
             return
         sim: Simulator = request.getfixturevalue("simulator")
-        assert sim.info is not None
+        target = Target.of(sim, tier)
         info = sim.info
-        target = Target(
-            tier,
-            info.url,
-            info.host,
-            info.port,
-            info.username,
-            info.password,
-            info.ca_file,
-            info.thumbprint,
-            sim.control(),
-        )
+        assert info is not None
         if not recording or not is_cassette:
             yield target
             return

@@ -32,20 +32,26 @@ class Endpoint(Protocol):
     def ca_file(self) -> str: ...
 
 
+def _request(vc: Endpoint, calls: list[list[Any]], **fields: Any) -> str:
+    """The JSON request a child reads on stdin."""
+    return json.dumps(
+        {
+            "options": {},
+            **fields,
+            "url": vc.url,
+            "username": vc.username,
+            "password": vc.password,
+            "ca_file": vc.ca_file,
+            "wsdl": vim_wsdl().as_uri(),
+            "calls": calls,
+        }
+    )
+
+
 def start_child(
     module: str, vc: Endpoint, calls: list[list[Any]], *, extra: dict[str, Any] | None = None
 ) -> subprocess.Popen[str]:
     """Start ``module`` on ``calls`` without waiting; :func:`child_results` reads its answer."""
-    request = {
-        "options": {},
-        **(extra or {}),
-        "url": vc.url,
-        "username": vc.username,
-        "password": vc.password,
-        "ca_file": vc.ca_file,
-        "wsdl": vim_wsdl().as_uri(),
-        "calls": calls,
-    }
     proc = subprocess.Popen(
         [sys.executable, "-m", module],
         stdin=subprocess.PIPE,
@@ -55,7 +61,7 @@ def start_child(
         env=child_env(),
     )
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(request))
+    proc.stdin.write(_request(vc, calls, **(extra or {})))
     proc.stdin.close()
     proc.stdin = None  # written: communicate() only reads
     return proc
@@ -85,20 +91,12 @@ def run_child(
     ``count_calls``: each call's result also says how many SOAP round trips
     it made (the simulator's count; nothing else may use it meanwhile).
     """
-    request = {
-        "options": options or {},
-        "count_calls": count_calls,
-        **(extra or {}),
-        "url": vc.url,
-        "username": vc.username,
-        "password": vc.password,
-        "ca_file": vc.ca_file,
-        "wsdl": vim_wsdl().as_uri(),
-        "calls": calls,
-    }
+    request = _request(
+        vc, calls, **{"options": options or {}, "count_calls": count_calls, **(extra or {})}
+    )
     proc = subprocess.run(
         [sys.executable, "-m", module],
-        input=json.dumps(request),
+        input=request,
         capture_output=True,
         text=True,
         env=child_env(**(env or {})),

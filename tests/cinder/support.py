@@ -21,6 +21,7 @@ __all__ = [
     "CinderVolume",
     "backing",
     "cinder",
+    "cinder_attached",
     "cinder_ok",
     "disk_of",
     "files",
@@ -213,6 +214,21 @@ def nova_attach(vc: Target, instance: str, volume: CinderVolume, connection: dic
         and d.unitNumber == unit
     )
     return int(added.key)
+
+
+def cinder_attached(vc: Target, instance: dict[str, Any], volume: CinderVolume) -> tuple[str, int]:
+    """Cinder makes the volume (eagerly) and answers initialize_connection, Nova
+    attaches it: (its backing's moref, the instance's disk key)."""
+    (_, connection) = cinder_ok(
+        vc,
+        ["create_volume", volume.json()],
+        ["initialize_connection", volume.json(), {"instance": instance["moref"]}],
+        **EAGER,
+    )
+    key = nova_attach(vc, instance["moref"], volume, connection)
+    moref = backing(vc, volume.name)
+    assert moref is not None
+    return moref, key
 
 
 def nova_detach(vc: Target, instance: str, volume: CinderVolume, key: int) -> None:

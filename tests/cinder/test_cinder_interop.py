@@ -16,13 +16,12 @@ import pytest
 from pyVmomi import vim
 
 from tests.cinder.support import (
-    EAGER,
     CinderVolume,
     backing,
     cinder,
+    cinder_attached,
     cinder_ok,
     files,
-    nova_attach,
     nova_detach,
     snapshot_names,
     tokens,
@@ -37,15 +36,7 @@ pytest.importorskip("cinder")
 def attached_volume(vc: Target, instance: str) -> tuple[CinderVolume, str, int]:
     """A volume Cinder creates and Nova attaches to ``instance``: (volume, backing, disk key)."""
     volume = CinderVolume()
-    (_, connection) = cinder_ok(
-        vc,
-        ["create_volume", volume.json()],
-        ["initialize_connection", volume.json(), {"instance": instance}],
-        **EAGER,
-    )
-    key = nova_attach(vc, instance, volume, connection)
-    moref_ = backing(vc, volume.name)
-    assert moref_ is not None
+    moref_, key = cinder_attached(vc, {"moref": instance}, volume)
     return volume, moref_, key
 
 

@@ -25,10 +25,10 @@ from tests.cinder.support import (
     EAGER,
     CinderVolume,
     backing,
+    cinder_attached,
     cinder_ok,
     disk_of,
     files,
-    nova_attach,
     nova_detach,
     snapdriver,
     snapdriver_ok,
@@ -47,20 +47,6 @@ from vmdk_snap.workflows.journal import Journal
 pytest.importorskip("cinder")
 
 
-def attached(vc: Target, instance: dict[str, Any], volume: CinderVolume) -> tuple[str, int]:
-    """Cinder makes the volume, Nova attaches it: (backing, the instance's disk key)."""
-    (_, connection) = cinder_ok(
-        vc,
-        ["create_volume", volume.json()],
-        ["initialize_connection", volume.json(), {"instance": instance["moref"]}],
-        **EAGER,
-    )
-    key = nova_attach(vc, instance["moref"], volume, connection)
-    moref = backing(vc, volume.name)
-    assert moref is not None
-    return moref, key
-
-
 @pytest.mark.live
 def test_stats_report_consistent_group_snapshots(vc: Target, tmp_path: Path) -> None:
     (stats,) = snapdriver_ok(vc, tmp_path, ["stats"])
@@ -75,7 +61,7 @@ def test_an_in_use_volume_is_snapshotted_attached_and_cinder_builds_a_volume_fro
     inst = vc.ctl.scenario("instance")["instances"][0]
     everything = files(vc)
     volume = CinderVolume()
-    moref, key = attached(vc, inst, volume)
+    moref, key = cinder_attached(vc, inst, volume)
     vc.ctl.write(inst["moref"], key, "before")
     (inst_tree,) = snapshot_trees(ops, inst["moref"])
     snap = volume.snapshot()
@@ -113,7 +99,7 @@ def test_in_transition_and_multi_attached_volumes_are_refused_saying_why(
 ) -> None:
     inst = vc.ctl.scenario("instance")["instances"][0]
     volume = CinderVolume()
-    moref, _key = attached(vc, inst, volume)
+    moref, _key = cinder_attached(vc, inst, volume)
     before = files(vc)
     moving = {**volume.json(), "attach_status": "attaching"}
     multi = {**volume.json(), "attached_to": [*volume.attached_to, str(uuid.uuid4())]}
@@ -155,7 +141,7 @@ def test_a_consistent_group_snapshot_takes_the_instances_members_at_one_moment(
 ) -> None:
     inst = vc.ctl.scenario("instance")["instances"][0]
     volumes = [CinderVolume(), CinderVolume()]
-    placed = [attached(vc, inst, v) for v in volumes]
+    placed = [cinder_attached(vc, inst, v) for v in volumes]
     for v, (_moref, key) in zip(volumes, placed, strict=True):
         vc.ctl.write(inst["moref"], key, f"at-{v.id[:8]}")
     snaps = [v.snapshot() for v in volumes]
@@ -269,7 +255,7 @@ def test_a_vcenter_task_failure_leaves_the_snapshot_error_and_vcenter_as_before(
     vc = clean_sim
     inst = vc.ctl.scenario("instance")["instances"][0]
     volume = CinderVolume()
-    moref, _key = attached(vc, inst, volume)
+    moref, _key = cinder_attached(vc, inst, volume)
     trees = snapshot_trees(ops, inst["moref"], moref)
     before = files(vc)
     vc.ctl.inject_fault("CreateSnapshot_Task", "task", "SystemError", match=f">{moref}<")
@@ -312,7 +298,7 @@ def test_a_group_on_two_instances_is_one_moment_per_instance(vc: Target, tmp_pat
     morefs = []
     for v in volumes:
         inst = vc.ctl.scenario("instance")["instances"][0]
-        moref, key = attached(vc, inst, v)
+        moref, key = cinder_attached(vc, inst, v)
         vc.ctl.write(inst["moref"], key, f"at-{v.id[:8]}")
         morefs.append(moref)
     snaps = [v.snapshot() for v in volumes]
@@ -337,7 +323,7 @@ def test_an_interrupted_workflow_is_recovered_when_the_service_starts(
     rolls it back or finishes it from the journal under state_path."""
     inst = vc.ctl.scenario("instance")["instances"][0]
     volume = CinderVolume()
-    moref, _key = attached(vc, inst, volume)
+    moref, _key = cinder_attached(vc, inst, volume)
     (inst_tree,) = snapshot_trees(ops, inst["moref"])
     journal = tmp_path / "vmdk-snap" / "vmdk-sim.sqlite"  # $state_path/vmdk-snap/<backend>.sqlite
     journal.parent.mkdir(parents=True)
@@ -379,7 +365,7 @@ def test_two_backends_with_volumes_on_one_instance_take_turns_through_cinders_co
     vc = clean_sim
     inst = vc.ctl.scenario("instance")["instances"][0]
     volumes = [CinderVolume(), CinderVolume()]
-    morefs = [attached(vc, inst, v)[0] for v in volumes]
+    morefs = [cinder_attached(vc, inst, v)[0] for v in volumes]
     (inst_tree,) = snapshot_trees(ops, inst["moref"])
     snaps = [v.snapshot() for v in volumes]
     vc.ctl.set_task_time("RemoveSnapshot_Task", 8000)  # the first holds the instance a while

@@ -17,9 +17,9 @@ from tests.cinder.support import (
     EAGER,
     CinderVolume,
     backing,
+    cinder_attached,
     cinder_ok,
     files,
-    nova_attach,
     snapshot_names,
 )
 from tests.conftest import Target
@@ -37,26 +37,13 @@ def manager(vc: Target, state: Path, *calls: list[Any]) -> list[dict[str, Any]]:
     return [r["result"] for r in results]
 
 
-def attached(vc: Target, inst: dict[str, Any], volume: CinderVolume) -> tuple[str, int]:
-    (_, connection) = cinder_ok(
-        vc,
-        ["create_volume", volume.json()],
-        ["initialize_connection", volume.json(), {"instance": inst["moref"]}],
-        **EAGER,
-    )
-    key = nova_attach(vc, inst["moref"], volume, connection)
-    moref = backing(vc, volume.name)
-    assert moref is not None
-    return moref, key
-
-
 @pytest.mark.live
 def test_the_manager_snapshots_an_in_use_volume_deletes_it_attached_and_reverts(
     vc: Target, tmp_path: Path
 ) -> None:
     inst = vc.ctl.scenario("instance")["instances"][0]
     volume = CinderVolume()
-    moref, key = attached(vc, inst, volume)
+    moref, key = cinder_attached(vc, inst, volume)
     vc.ctl.write(inst["moref"], key, "t1")
     snap = volume.snapshot()
     (made,) = manager(vc, tmp_path, ["create_snapshot", snap])
@@ -74,7 +61,7 @@ def test_a_failing_snapshot_ends_error_with_nothing_changed(
     vc = clean_sim
     inst = vc.ctl.scenario("instance")["instances"][0]
     volume = CinderVolume()
-    moref, _key = attached(vc, inst, volume)
+    moref, _key = cinder_attached(vc, inst, volume)
     before = files(vc)
     vc.ctl.inject_fault("CreateSnapshot_Task", "task", "SystemError", match=f">{moref}<")
     (failed,) = manager(vc, tmp_path, ["create_snapshot", volume.snapshot()])
@@ -105,7 +92,7 @@ def test_the_managers_consistent_group_snapshot_members_end_available(
 ) -> None:
     inst = vc.ctl.scenario("instance")["instances"][0]
     volumes = [CinderVolume(), CinderVolume()]
-    morefs = [attached(vc, inst, v)[0] for v in volumes]
+    morefs = [cinder_attached(vc, inst, v)[0] for v in volumes]
     snaps = [v.snapshot() for v in volumes]
     group = {"id": str(uuid.uuid4()), "group_type": "consistent", "snapshots": snaps}
     vc.ctl.reset_calls()

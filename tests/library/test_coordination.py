@@ -89,19 +89,7 @@ def vc(tier: str) -> Iterator[Target]:
     if tier != "live":
         pytest.skip("live only: real processes and a real etcd")
     with Simulator() as sim:
-        info = sim.info
-        assert info is not None
-        yield Target(
-            "live",
-            info.url,
-            info.host,
-            info.port,
-            info.username,
-            info.password,
-            info.ca_file,
-            info.thumbprint,
-            sim.control(),
-        )
+        yield Target.of(sim)
 
 
 def _hosts(vc: Target, etcd: str, tmp_path: Path) -> tuple[Host, Host]:
