@@ -30,6 +30,10 @@ from tests.conftest import Target
 
 pytest.importorskip("cinder")
 
+# Each test runs Cinder (or several processes) for tens of seconds: handed out
+# first, so that a parallel run does not end waiting on them.
+pytestmark = pytest.mark.slow
+
 
 def created(vc: Target, volume: CinderVolume, **options: Any) -> str:
     """Cinder creates ``volume``'s backing (not lazily); its moref."""

@@ -32,6 +32,10 @@ from tests.vsphere import connect, moref, props, task_ok
 
 pytest.importorskip("cinder")
 
+# Each test runs Cinder (or several processes) for tens of seconds: handed out
+# first, so that a parallel run does not end waiting on them.
+pytestmark = pytest.mark.slow
+
 
 def attached_volume(vc: Target, instance: str) -> tuple[CinderVolume, str, int]:
     """A volume Cinder creates and Nova attaches to ``instance``: (volume, backing, disk key)."""

@@ -46,6 +46,10 @@ from vmdk_snap.workflows.journal import Journal
 
 pytest.importorskip("cinder")
 
+# Each test runs Cinder (or several processes) for tens of seconds: handed out
+# first, so that a parallel run does not end waiting on them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.live
 def test_stats_report_consistent_group_snapshots(vc: Target, tmp_path: Path) -> None:

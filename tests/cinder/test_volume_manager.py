@@ -26,6 +26,10 @@ from tests.conftest import Target
 
 pytest.importorskip("cinder")
 
+# Each test runs Cinder (or several processes) for tens of seconds: handed out
+# first, so that a parallel run does not end waiting on them.
+pytestmark = pytest.mark.slow
+
 
 def manager(vc: Target, state: Path, *calls: list[Any]) -> list[dict[str, Any]]:
     """Run ``calls`` through Cinder's VolumeManager with our driver; their results."""

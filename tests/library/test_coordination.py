@@ -29,6 +29,10 @@ from vmdk_snap.workflows.journal import Journal
 
 pytest.importorskip("tooz")
 
+# Each test runs Cinder (or several processes) for tens of seconds: handed out
+# first, so that a parallel run does not end waiting on them.
+pytestmark = pytest.mark.slow
+
 # A forced snapshot holds the instance through several tasks of this length:
 # the second host arrives while the first holds it, even on a loaded machine.
 TASK_MS = 700
