@@ -83,6 +83,10 @@ def test_cli_and_library_with_other_journals_take_turns_on_an_instance(
     operator_args += ["--journal", str(journals[1])]
 
     vc.ctl.set_default_task_time(TASK_MS)
+    # cinder-volume's holds the instance through its temporary snapshot's
+    # removal, long enough for the operator's process to start even when the
+    # machine is loaded (a CI run beside Cinder's tests was not).
+    vc.ctl.set_task_time("RemoveSnapshot_Task", 12000)
     procs: list[subprocess.Popen[str]] = []
     try:
         procs.append(

@@ -82,18 +82,7 @@ func (s *sim) middleware(next http.Handler) http.Handler {
 				writeFault(w, "The session is not authenticated.", notAuthenticated(body))
 				return
 			}
-			flat, keyed := flattenTraversal(method, body) // traversal.go
-			if !bytes.Equal(flat, body) {
-				// A walked traversal is answered as one view of the
-				// inventory, as vCenter's is: no task may destroy an
-				// object between the walk and the answer (that made
-				// Cinder's do_setup fail with ManagedObjectNotFound
-				// while another service deleted a volume).
-				s.modelMu.Lock()
-				defer s.modelMu.Unlock()
-				flat, keyed = flattenTraversal(method, body)
-			}
-			body = flat
+			body, keyed := flattenTraversal(method, body) // traversal.go
 			r.Body = io.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
 			if keyed != nil {
