@@ -68,6 +68,7 @@ from vmdk_snap.volume_state import (
     incomplete_snapshot,
     read_state,
     refuse_stale_available,
+    state_of,
 )
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.vsphere.volumeops.lookups import names_of
@@ -215,8 +216,41 @@ class Driver:
     def describe(self, volume_id: str | Volume) -> VolumeState:
         """The volume's backing, instance, chain and snapshots (reads only)."""
         volume = volume_id if isinstance(volume_id, Volume) else Volume(volume_id)
-        state = self._state(volume)
-        names: dict[Any, str] = {}
+        return self._described(self._state(volume), {})
+
+    def describe_all(self) -> tuple[list[VolumeState], list[tuple[str, VmdkSnapError]]]:
+        """Every volume in vCenter, as :meth:`describe` shows one (reads only).
+
+        The volumes' backings and instances are found in one read of the
+        inventory and read together, so the cost grows with the number of
+        volumes, not with its square. A volume that cannot be described is
+        returned with its error; the others go on.
+        """
+        located = self.ops.locate_volumes()
+        refs = {r for pair in located.values() for r in pair if r is not None}
+        infos = self.ops.read_vms(sorted(refs))
+        hosts: dict[Any, str] = {}
+        states: list[VolumeState] = []
+        errors: list[tuple[str, VmdkSnapError]] = []
+        for vid, (backing, instance) in located.items():
+            try:
+                if backing not in infos or (instance is not None and instance not in infos):
+                    raise NotFound(
+                        f"a VM of volume {vid} no longer exists", hint="run the check again"
+                    )
+                state = state_of(
+                    Volume(vid),
+                    infos[backing],
+                    infos[instance] if instance is not None else None,
+                    searched=True,
+                )
+                states.append(self._described(state, hosts))
+            except VmdkSnapError as exc:  # one odd volume must not hide the others
+                errors.append((vid, exc))
+        return states, errors
+
+    def _described(self, state: VolumeState, names: dict[Any, str]) -> VolumeState:
+        """``state`` with its hosts' names (cached in ``names``), leftovers and advice."""
         for vm in (state.backing, state.instance):
             if vm is not None and vm.host is not None and vm.host not in names:
                 names[vm.host] = self.ops.get_host(vm.host).name

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from vmdk_snap.errors import InvalidInput, InvalidState
 from vmdk_snap.strategies import VolumeState, stale_files, volume_disk_of
-from vmdk_snap.types import SnapshotNode, datastore_of
+from vmdk_snap.types import SnapshotNode, VmInfo, datastore_of
 from vmdk_snap.vsphere.volumeops import VolumeOps
 from vmdk_snap.workflows import journal as jn
 from vmdk_snap.workflows.journal import WorkflowRecord
@@ -27,6 +27,7 @@ __all__ = [
     "incomplete_snapshot",
     "read_state",
     "refuse_stale_available",
+    "state_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,16 @@ def read_state(ops: VolumeOps, volume: Volume, *, verify: bool = False) -> Volum
     """
     find = volume.instance_uuid is None and (verify or volume.status != AVAILABLE)
     backing, instance = ops.resolve(volume.id, volume.instance_uuid, find_attached=find)
+    return state_of(volume, backing, instance, searched=find)
+
+
+def state_of(
+    volume: Volume, backing: VmInfo, instance: VmInfo | None, *, searched: bool
+) -> VolumeState:
+    """The volume's state from its backing and the instance found for it (no read).
+
+    ``searched``: the instance was looked up in vCenter (not given by Cinder).
+    """
     if len(backing.disks) != 1:
         raise InvalidState(
             f"backing {backing.name} of volume {volume.id} has {len(backing.disks)} disks",
@@ -74,7 +85,7 @@ def read_state(ops: VolumeOps, volume: Volume, *, verify: bool = False) -> Volum
         )
     bdisk = backing.disks[0]
     vdisk = volume_disk_of(volume.id, bdisk, instance) if instance is not None else None
-    if instance is not None and vdisk is None and find and volume.status == AVAILABLE:
+    if instance is not None and vdisk is None and searched and volume.status == AVAILABLE:
         # Only a stale ``volume-<id>`` key (detached by hand, the key left
         # behind): no disk of the instance uses the volume's files.
         log.warning(

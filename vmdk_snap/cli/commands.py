@@ -17,9 +17,7 @@ from vmdk_snap.cli.base import (
     parse_volume,
 )
 from vmdk_snap.driver import Volume, validate_snapshot_name
-from vmdk_snap.errors import VmdkSnapError
 from vmdk_snap.volume_state import IN_USE
-from vmdk_snap.vsphere.volumeops.inventory import read_inventory
 
 __all__ = ["add_command", "register"]
 
@@ -254,13 +252,9 @@ def run_check(ctx: Context) -> int:
         ctx.out.text(views.check_text(state))
         ctx.out.document("check", {"volumes": [views.volume_doc(state)], "errors": []})
         return EXIT_OK
-    states, errors = [], []
     with ctx.driver() as driver:
-        for vid in read_inventory(driver.ops.session).volumes:
-            try:
-                states.append(driver.describe(vid))
-            except VmdkSnapError as exc:  # one odd volume must not hide the others
-                errors.append(views.error_doc(vid, exc))
+        states, failed = driver.describe_all()
+    errors = [views.error_doc(vid, exc) for vid, exc in failed]
     ctx.out.text(views.check_all_text(states, errors))
     ctx.out.document("check", {"volumes": [views.volume_doc(s) for s in states], "errors": errors})
     return EXIT_PARTIAL if errors else EXIT_OK

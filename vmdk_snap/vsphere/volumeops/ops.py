@@ -143,27 +143,45 @@ class VolumeOps:
         snapshotted under a running instance). Callers that know the
         instance (``resolve(volume, instance_uuid)``) never pay it.
         """
-        key = _vm_name(volume_id)
+        vms = retrieve(
+            self.session, [vms_under_root(self.session)], {vim.VirtualMachine: _ATTACH_PATHS}
+        )
+        if backing is None:
+            key = _vm_name(volume_id)
+            backing = next((vm.ref for vm in vms if vm.props.get("name") == key), None)
+        return _Attachments(vms).instance_of(volume_id, backing)
+
+    def locate_volumes(self) -> dict[str, tuple[Moref, Moref | None]]:
+        """Every volume's backing and the VM it is attached to, in one read.
+
+        Volume id -> (backing, instance or ``None``), by the rules of
+        :meth:`find_backing` and :meth:`find_attached_instance` (the backing by
+        instance UUID, else by name; the instance by Nova's key, else by the
+        backing's disk) applied to one read of every VM: for callers that look
+        at every volume (``check --all``), which would otherwise read the
+        whole inventory once per volume.
+        """
         vms = retrieve(
             self.session,
             [vms_under_root(self.session)],
-            {vim.VirtualMachine: ["name", "config.extraConfig", "config.hardware.device"]},
+            {vim.VirtualMachine: [*_ATTACH_PATHS, "config.instanceUuid"]},
         )
-        if backing is None:
-            backing = next((vm.ref for vm in vms if vm.props.get("name") == key), None)
-        hits = sorted(
-            vm.ref
+        by_uuid = {
+            str(vm.props["config.instanceUuid"]): vm.ref
             for vm in vms
-            if vm.ref != backing
-            and any(o.key == key for o in vm.props.get("config.extraConfig") or ())
-        )
-        if not hits:
-            hits = _sharing_disk(vms, backing)
-            if hits:
-                log.info("volume %s has no %s key; found by its disk on %s", volume_id, key, hits)
-        if len(hits) > 1:
-            log.warning("volume %s is recorded on several VMs: %s", volume_id, hits)
-        return hits[0] if hits else None
+            if vm.props.get("config.instanceUuid")
+        }
+        named: dict[str, Moref] = {}
+        for vm in vms:
+            match = _BACKING_RE.match(str(vm.props.get("name", "")))
+            if match:
+                named.setdefault(match.group("id"), vm.ref)
+        attachments = _Attachments(vms)
+        located: dict[str, tuple[Moref, Moref | None]] = {}
+        for vid in sorted(named):
+            backing = by_uuid.get(vid, named[vid])
+            located[vid] = (backing, attachments.instance_of(vid, backing))
+        return located
 
     def list_volumes(self) -> VolumeInventory:
         """Every backing (VM named ``volume-<id>``) and every attached volume.
@@ -233,16 +251,22 @@ class VolumeOps:
         Raises:
             NotFound: one of them no longer exists.
         """
+        by_ref = self.read_vms(refs)
+        missing = [r for r in refs if r not in by_ref]
+        if missing:
+            raise NotFound(f"VM {missing[0].value} no longer exists", hint="look it up again")
+        return [by_ref[r] for r in refs]
+
+    def read_vms(self, refs: Sequence[Moref]) -> dict[Moref, VmInfo]:
+        """Everything about the VMs of ``refs`` that still exist, in one call."""
+        if not refs:
+            return {}
         found = retrieve(
             self.session,
             [Obj(self.session.mo(r)) for r in refs],
             {vim.VirtualMachine: VM_PATHS},
         )
-        by_ref = {f.ref: f for f in found}
-        missing = [r for r in refs if r not in by_ref]
-        if missing:
-            raise NotFound(f"VM {missing[0].value} no longer exists", hint="look it up again")
-        return [vm_info(r, by_ref[r].props) for r in refs]
+        return {f.ref: vm_info(f.ref, f.props) for f in found}
 
     def snapshot_disks(self, snapshot: Moref) -> tuple[Disk, ...]:
         """The disks as the snapshot recorded them (its ``config`` devices)."""
@@ -607,24 +631,53 @@ class VolumeOps:
         return known[name]
 
 
-def _sharing_disk(vms: Sequence[Found], backing: Moref | None) -> list[Moref]:
-    """VMs other than backings with a disk of the backing's disk uuid or file."""
-    own = next((vm for vm in vms if vm.ref == backing), None)
-    if own is None:
-        return []
-    disks = disks_of(own.props.get("config.hardware.device"))
-    uuids = {d.uuid for d in disks if d.uuid}
-    paths = {d.path for d in disks}
-    return sorted(
-        vm.ref
-        for vm in vms
-        if vm.ref != backing
-        and not _BACKING_RE.match(str(vm.props.get("name", "")))
-        and any(
-            (d.uuid is not None and d.uuid in uuids) or paths.intersection(d.chain)
-            for d in disks_of(vm.props.get("config.hardware.device"))
-        )
-    )
+_ATTACH_PATHS = ["name", "config.extraConfig", "config.hardware.device"]
+
+
+class _Attachments:
+    """Which VM has a volume attached, from one read of every VM's :data:`_ATTACH_PATHS`.
+
+    Indexed once, so that looking up every volume costs one pass.
+    """
+
+    def __init__(self, vms: Sequence[Found]) -> None:
+        self._vms = {vm.ref: vm for vm in vms}
+        self._keyed: dict[str, list[Moref]] = {}  # volume-<id> key -> VMs recording it
+        self._by_disk: dict[str, set[Moref]] = {}  # disk uuid or chain file -> non-backings
+        for vm in vms:
+            for option in vm.props.get("config.extraConfig") or ():
+                if str(option.key).startswith("volume-"):
+                    self._keyed.setdefault(str(option.key), []).append(vm.ref)
+            if _BACKING_RE.match(str(vm.props.get("name", ""))):
+                continue
+            for d in disks_of(vm.props.get("config.hardware.device")):
+                for found in (*((d.uuid,) if d.uuid else ()), *d.chain):
+                    self._by_disk.setdefault(found, set()).add(vm.ref)
+
+    def instance_of(self, volume_id: str, backing: Moref | None) -> Moref | None:
+        """The VM recording Nova's ``volume-<id>`` key; else sharing the backing's disk."""
+        key = _vm_name(volume_id)
+        hits = sorted(r for r in self._keyed.get(key, ()) if r != backing)
+        if not hits:
+            hits = self._sharing_disk(backing)
+            if hits:
+                log.info("volume %s has no %s key; found by its disk on %s", volume_id, key, hits)
+        if len(hits) > 1:
+            log.warning("volume %s is recorded on several VMs: %s", volume_id, hits)
+        return hits[0] if hits else None
+
+    def _sharing_disk(self, backing: Moref | None) -> list[Moref]:
+        """VMs other than backings with a disk of the backing's disk uuid or file."""
+        own = self._vms.get(backing) if backing is not None else None
+        if own is None:
+            return []
+        found: set[Moref] = set()
+        for d in disks_of(own.props.get("config.hardware.device")):
+            for k in (d.uuid, d.path):
+                if k:
+                    found |= self._by_disk.get(k, set())
+        found.discard(backing)
+        return sorted(found)
 
 
 def _plain(result: Any) -> Moref | None:
