@@ -466,6 +466,20 @@ def ops(session: Any) -> Any:
 
 
 @pytest.fixture
+def own_vc(tier: str) -> Iterator[Target]:
+    """A simulator of the test's own, live only.
+
+    For tests that fill the inventory (1,000 VMs) or count reads across all
+    of it: the worker's shared simulator holds every earlier test's VMs, and
+    every later test's inventory-wide reads would pay for these.
+    """
+    if tier != "live":
+        pytest.skip("live only: an inventory of the test's own")
+    with Simulator() as sim:
+        yield Target.of(sim)
+
+
+@pytest.fixture
 def clean_sim(vc: Target) -> Iterator[Target]:
     """``vc``, with faults and task timing reset after the test (both are global)."""
     try:

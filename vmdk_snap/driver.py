@@ -70,7 +70,7 @@ from vmdk_snap.volume_state import (
     refuse_stale_available,
     state_of,
 )
-from vmdk_snap.vsphere.volumeops import VolumeOps
+from vmdk_snap.vsphere.volumeops import Attachments, VolumeOps
 from vmdk_snap.vsphere.volumeops.lookups import names_of
 from vmdk_snap.workflows import leftovers
 from vmdk_snap.workflows.compaction import CompactionPlan, plan_compaction
@@ -226,7 +226,8 @@ class Driver:
         volumes, not with its square. A volume that cannot be described is
         returned with its error; the others go on.
         """
-        located = self.ops.locate_volumes()
+        inventory = self.ops.read_attachments()
+        located = inventory.located()
         refs = {r for pair in located.values() for r in pair if r is not None}
         infos = self.ops.read_vms(sorted(refs))
         hosts: dict[Any, str] = {}
@@ -244,13 +245,18 @@ class Driver:
                     infos[instance] if instance is not None else None,
                     searched=True,
                 )
-                states.append(self._described(state, hosts))
+                states.append(self._described(state, hosts, inventory))
             except VmdkSnapError as exc:  # one odd volume must not hide the others
                 errors.append((vid, exc))
         return states, errors
 
-    def _described(self, state: VolumeState, names: dict[Any, str]) -> VolumeState:
-        """``state`` with its hosts' names (cached in ``names``), leftovers and advice."""
+    def _described(
+        self, state: VolumeState, names: dict[Any, str], inventory: Attachments | None = None
+    ) -> VolumeState:
+        """``state`` with its hosts' names (cached in ``names``), leftovers and advice.
+
+        ``inventory``: a read of every VM made already (for compaction's lookups).
+        """
         for vm in (state.backing, state.instance):
             if vm is not None and vm.host is not None and vm.host not in names:
                 names[vm.host] = self.ops.get_host(vm.host).name
@@ -260,7 +266,7 @@ class Driver:
             backing_host=names.get(state.backing.host, ""),
             instance_host=names.get(inst.host) if inst is not None else None,
             leftovers=self._leftovers_on(inst) if inst is not None else (),
-            compaction=self._compaction_summary(state),
+            compaction=self._compaction_summary(state, inventory),
             copy_out=self._copy_out_summary(state),
         )
 
@@ -271,10 +277,12 @@ class Driver:
             return None
         return self.copy_depth, copy_cost(disk.chain, disk.capacity_kb)
 
-    def _compaction_summary(self, state: VolumeState) -> tuple[int, str | None] | None:
+    def _compaction_summary(
+        self, state: VolumeState, inventory: Attachments | None = None
+    ) -> tuple[int, str | None] | None:
         if state.instance is None or not state.instance.consolidation_needed:
             return None
-        plan = self._compaction(state)
+        plan = self._compaction(state, inventory)
         return (plan.deltas, plan.refusal) if plan is not None else None
 
     def _leftovers_on(self, instance: VmInfo) -> tuple[str, ...]:
@@ -610,10 +618,14 @@ class Driver:
         log.info("volume %s: instance compacted, %d deltas merged", volume.id, plan.deltas)
         return True
 
-    def _compaction(self, state: VolumeState) -> CompactionPlan | None:
+    def _compaction(
+        self, state: VolumeState, inventory: Attachments | None = None
+    ) -> CompactionPlan | None:
         if state.instance is None:
             return None
-        return plan_compaction(self.ops, state.instance, state.volume_id, state.backing.ref)
+        return plan_compaction(
+            self.ops, state.instance, state.volume_id, state.backing.ref, inventory
+        )
 
     @staticmethod
     def _compact_params(state: VolumeState, plan: CompactionPlan) -> dict[str, Any]:

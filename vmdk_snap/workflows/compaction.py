@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmdk_snap.types import Disk, Moref, VmInfo
-from vmdk_snap.vsphere.volumeops import VolumeOps
+from vmdk_snap.vsphere.volumeops import Attachments, VolumeOps
 from vmdk_snap.workflows.engine import Changes, Step
 from vmdk_snap.workflows.merge_guard import snapshots_to_read
 from vmdk_snap.workflows.snapshot_steps import CONSOLIDATE, GUARD_SOURCE, guard_instance
@@ -100,7 +100,11 @@ class CompactionPlan:
 
 
 def plan_compaction(
-    ops: VolumeOps, instance: VmInfo, volume_id: str, backing: Moref
+    ops: VolumeOps,
+    instance: VmInfo,
+    volume_id: str,
+    backing: Moref,
+    inventory: Attachments | None = None,
 ) -> CompactionPlan:
     """Whether (and how) the instance's redundant deltas can be merged now.
 
@@ -108,7 +112,8 @@ def plan_compaction(
     own state costs no read; otherwise it looks up the backings of the
     instance's other volumes (by Nova's keys), reads every VM that uses one of
     the instance's files (one read across the inventory), those VMs, and their
-    snapshots' disks.
+    snapshots' disks. ``inventory``: a read of every VM made already, which
+    answers the first two lookups without a call.
     """
     merges = {
         d.key: (d.chain[-1], tuple(d.chain[:-1]))
@@ -121,9 +126,15 @@ def plan_compaction(
         return _refused(plan, why)
     deltas = {p: b for b, ds in merges.values() for p in ds}
     touched = set(deltas) | {b for b, _ in merges.values()}
-    others = ops.find_volume_backings(instance, skip=volume_id).values()
+    if inventory is None:
+        others = list(ops.find_volume_backings(instance, skip=volume_id).values())
+        users = ops.find_vms_using(touched)
+    else:  # one read of every VM made already (describing every volume)
+        ids = (k.removeprefix("volume-") for k in sorted(instance.volume_keys))
+        others = [inventory.backing_of(v) for v in ids if v != volume_id]
+        users = inventory.vms_using(touched)
     backings = [backing, *(r for r in others if r is not None)]
-    refs = [*backings, *ops.find_vms_using(touched)]
+    refs = [*backings, *users]
     vms = ops.get_vms([r for r in dict.fromkeys(refs) if r != instance.ref])
     snaps = ops.snapshots_disks(snapshots_to_read(instance, vms))
     for vm in vms:

@@ -5,6 +5,6 @@ operations with event-driven waits. See :class:`VolumeOps`.
 
 from __future__ import annotations
 
-from vmdk_snap.vsphere.volumeops.ops import DEFAULT_TASK_TIMEOUT, VolumeOps
+from vmdk_snap.vsphere.volumeops.ops import DEFAULT_TASK_TIMEOUT, Attachments, VolumeOps
 
-__all__ = ["DEFAULT_TASK_TIMEOUT", "VolumeOps"]
+__all__ = ["DEFAULT_TASK_TIMEOUT", "Attachments", "VolumeOps"]

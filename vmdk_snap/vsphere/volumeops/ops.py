@@ -39,7 +39,7 @@ from vmdk_snap.vsphere.volumeops.convert import disks_of, vm_info
 from vmdk_snap.vsphere.volumeops.specs import add_disk, remove_disk
 from vmdk_snap.vsphere.volumeops.started import Effect, started_check
 
-__all__ = ["DEFAULT_TASK_TIMEOUT", "VolumeOps"]
+__all__ = ["DEFAULT_TASK_TIMEOUT", "Attachments", "VolumeOps"]
 
 log = logging.getLogger(__name__)
 
@@ -149,39 +149,22 @@ class VolumeOps:
         if backing is None:
             key = _vm_name(volume_id)
             backing = next((vm.ref for vm in vms if vm.props.get("name") == key), None)
-        return _Attachments(vms).instance_of(volume_id, backing)
+        return Attachments(vms).instance_of(volume_id, backing)
 
-    def locate_volumes(self) -> dict[str, tuple[Moref, Moref | None]]:
-        """Every volume's backing and the VM it is attached to, in one read.
+    def read_attachments(self) -> Attachments:
+        """Every VM's name, instance UUID, Nova keys and disks, in one read.
 
-        Volume id -> (backing, instance or ``None``), by the rules of
-        :meth:`find_backing` and :meth:`find_attached_instance` (the backing by
-        instance UUID, else by name; the instance by Nova's key, else by the
-        backing's disk) applied to one read of every VM: for callers that look
-        at every volume (``check --all``), which would otherwise read the
-        whole inventory once per volume.
+        For callers that look at every volume (``check --all``): the answer
+        says where each volume is (:meth:`Attachments.located`) and which VMs
+        use a file, where one lookup per volume would read the whole
+        inventory once per volume.
         """
         vms = retrieve(
             self.session,
             [vms_under_root(self.session)],
             {vim.VirtualMachine: [*_ATTACH_PATHS, "config.instanceUuid"]},
         )
-        by_uuid = {
-            str(vm.props["config.instanceUuid"]): vm.ref
-            for vm in vms
-            if vm.props.get("config.instanceUuid")
-        }
-        named: dict[str, Moref] = {}
-        for vm in vms:
-            match = _BACKING_RE.match(str(vm.props.get("name", "")))
-            if match:
-                named.setdefault(match.group("id"), vm.ref)
-        attachments = _Attachments(vms)
-        located: dict[str, tuple[Moref, Moref | None]] = {}
-        for vid in sorted(named):
-            backing = by_uuid.get(vid, named[vid])
-            located[vid] = (backing, attachments.instance_of(vid, backing))
-        return located
+        return Attachments(vms)
 
     def list_volumes(self) -> VolumeInventory:
         """Every backing (VM named ``volume-<id>``) and every attached volume.
@@ -634,25 +617,58 @@ class VolumeOps:
 _ATTACH_PATHS = ["name", "config.extraConfig", "config.hardware.device"]
 
 
-class _Attachments:
-    """Which VM has a volume attached, from one read of every VM's :data:`_ATTACH_PATHS`.
+class Attachments:
+    """Where volumes are, from one read of every VM (:meth:`VolumeOps.read_attachments`).
 
-    Indexed once, so that looking up every volume costs one pass.
+    The rules are :meth:`VolumeOps.find_backing`'s, :meth:`VolumeOps.find_attached_instance`'s
+    and :meth:`VolumeOps.find_vms_using`'s, on indexes built once, so that
+    looking up every volume costs one pass over the read.
     """
 
     def __init__(self, vms: Sequence[Found]) -> None:
         self._vms = {vm.ref: vm for vm in vms}
+        self._named: dict[str, Moref] = {}  # volume id -> the VM named volume-<id>
+        self._by_uuid: dict[str, Moref] = {}  # instance UUID -> VM
         self._keyed: dict[str, list[Moref]] = {}  # volume-<id> key -> VMs recording it
         self._by_disk: dict[str, set[Moref]] = {}  # disk uuid or chain file -> non-backings
+        self._users: dict[str, set[Moref]] = {}  # chain file -> every VM using it
         for vm in vms:
+            if vm.props.get("config.instanceUuid"):
+                self._by_uuid.setdefault(str(vm.props["config.instanceUuid"]), vm.ref)
             for option in vm.props.get("config.extraConfig") or ():
                 if str(option.key).startswith("volume-"):
                     self._keyed.setdefault(str(option.key), []).append(vm.ref)
-            if _BACKING_RE.match(str(vm.props.get("name", ""))):
+            disks = disks_of(vm.props.get("config.hardware.device"))
+            for d in disks:
+                for path in d.chain:
+                    self._users.setdefault(path, set()).add(vm.ref)
+            match = _BACKING_RE.match(str(vm.props.get("name", "")))
+            if match:
+                self._named.setdefault(match.group("id"), vm.ref)
                 continue
-            for d in disks_of(vm.props.get("config.hardware.device")):
+            for d in disks:
                 for found in (*((d.uuid,) if d.uuid else ()), *d.chain):
                     self._by_disk.setdefault(found, set()).add(vm.ref)
+
+    def located(self) -> dict[str, tuple[Moref, Moref | None]]:
+        """Volume id -> (backing, the VM it is attached to or ``None``), for every backing."""
+        out: dict[str, tuple[Moref, Moref | None]] = {}
+        for vid in sorted(self._named):
+            backing = self.backing_of(vid)
+            assert backing is not None  # named
+            out[vid] = (backing, self.instance_of(vid, backing))
+        return out
+
+    def backing_of(self, volume_id: str) -> Moref | None:
+        """The backing VM: by instance UUID, else by its name ``volume-<id>``."""
+        return self._by_uuid.get(volume_id) or self._named.get(volume_id)
+
+    def vms_using(self, paths: Iterable[str]) -> list[Moref]:
+        """Every VM whose current disk chains use one of these files."""
+        found: set[Moref] = set()
+        for path in paths:
+            found |= self._users.get(path, set())
+        return sorted(found)
 
     def instance_of(self, volume_id: str, backing: Moref | None) -> Moref | None:
         """The VM recording Nova's ``volume-<id>`` key; else sharing the backing's disk."""
