@@ -200,9 +200,13 @@ class VolumeInventory:
     ``volumes``: every backing (VM named ``volume-<id>``); ``attached``: those
     some instance records with Nova's ``volume-<id>`` key. ``instance_of``
     maps an attached volume id to the moref value of the VM (instance)
-    recording it, so that work on one instance can be serialized.
+    recording it, so that work on one instance can be serialized;
+    ``instance_uuid_of`` to its ``config.instanceUuid`` (where exactly one VM
+    records the volume), so that work on each volume need not search the
+    inventory for its instance again.
     """
 
     volumes: tuple[str, ...]
     attached: tuple[str, ...]
     instance_of: Mapping[str, str] = field(default_factory=dict)
+    instance_uuid_of: Mapping[str, str] = field(default_factory=dict)

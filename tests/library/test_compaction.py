@@ -32,8 +32,16 @@ def _shape(vc: Target, ops: Any, instance: str) -> tuple[list[tuple[int, ...]], 
     return depths, info.consolidation_needed, [len(vc.ctl.files(ds)) for ds in DATASTORES]
 
 
+@pytest.fixture
+def vc(own_vc: Target) -> Target:
+    """A simulator of each test's own (``session`` and ``ops`` use it): rounds of workflows
+    whose leftovers would burden every later test of the worker."""
+    return own_vc
+
+
 @pytest.mark.live
 @pytest.mark.slow
+@pytest.mark.usefixtures("quick_sim")  # 40 rounds: the same calls, in a tenth of the time
 def test_forced_snapshot_then_delete_round_after_round_leaves_the_instance_as_it_was(
     vc: Target, ops: Any, tmp_path: Path
 ) -> None:

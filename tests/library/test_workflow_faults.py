@@ -78,6 +78,13 @@ def _assert_as_before(
     assert after.files == before.files
 
 
+@pytest.fixture
+def vc(own_vc: Target) -> Target:
+    """A simulator of each test's own (``session`` and ``ops`` use it): each test seeds
+    scenarios and kills, which would burden every later test of the worker."""
+    return own_vc
+
+
 @pytest.mark.live
 @pytest.mark.parametrize("step", list(STEPS))
 def test_failure_at_each_step_is_rolled_back_exactly(

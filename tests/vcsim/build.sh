@@ -16,28 +16,40 @@ if ! command -v go >/dev/null 2>&1 || [ ! -d "$gopath/src/github.com/vmware/govm
 fi
 
 # One change to govmomi's own code, made at build time and never copied into
-# this repository: its WaitForUpdatesEx looks for updates every 250 ms, so
-# every task wait took a quarter of a second at least (vCenter answers as
-# soon as a change is there). The build swaps that interval for 20 ms through
+# this repository: its WaitForUpdatesEx looks for updates every 250 ms, a
+# literal. The build replaces that literal with a call of our
+# overlay/update_interval.go (added to govmomi's package), whose interval the
+# control API sets (/_ctl/timing "update_ms"; the default stays 250 ms), through
 # `go build -overlay` on a copy in the cache. Fails loudly if the line moved.
-collector="$gopath/src/github.com/vmware/govmomi/simulator/property_collector.go"
+# (`go vet` reads files itself and does not see the added file.)
+simdir="$gopath/src/github.com/vmware/govmomi/simulator"
+collector="$simdir/property_collector.go"
 tick_from='time.NewTicker(250 * time.Millisecond)'
-tick_to='time.NewTicker(20 * time.Millisecond)'
+tick_to='time.NewTicker(UpdateInterval())'
 
-hash="$(cat "$here"/*.go "$here/build.sh" | sha256sum | cut -c1-16)-$(go version | sha256sum | cut -c1-8)"
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/vmdk-snap"
-bin="$cache/vcsim-$hash"
-if [ ! -x "$bin" ]; then
-    mkdir -p "$cache"
-    echo "building the simulator ($hash)" >&2
+# make_overlay DIR: the overlay (the changed copy and our added file) in DIR.
+make_overlay() {
     if [ "$(grep -cF "$tick_from" "$collector")" != 1 ]; then
         echo "build.sh: '$tick_from' is not once in $collector: update the overlay" >&2
         exit 1
     fi
-    overlay="$(mktemp -d "$cache/overlay.XXXXXX")"
-    trap 'rm -rf "$overlay"' EXIT
-    sed "s/$(printf '%s' "$tick_from" | sed 's/[.*]/\\&/g')/$tick_to/" "$collector" >"$overlay/property_collector.go"
-    printf '{"Replace": {"%s": "%s"}}\n' "$collector" "$overlay/property_collector.go" >"$overlay/overlay.json"
+    sed "s/$(printf '%s' "$tick_from" | sed 's/[.*]/\\&/g')/$tick_to/" "$collector" >"$1/property_collector.go"
+    printf '{"Replace": {"%s": "%s", "%s": "%s"}}\n' \
+        "$collector" "$1/property_collector.go" \
+        "$simdir/zz_vmdk_snap_update_interval.go" "$here/overlay/update_interval.go" \
+        >"$1/overlay.json"
+}
+
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/vmdk-snap"
+mkdir -p "$cache"
+overlay="$(mktemp -d "$cache/overlay.XXXXXX")"
+trap 'rm -rf "$overlay"' EXIT
+
+hash="$(cat "$here"/*.go "$here"/overlay/*.go "$here/build.sh" | sha256sum | cut -c1-16)-$(go version | sha256sum | cut -c1-8)"
+bin="$cache/vcsim-$hash"
+if [ ! -x "$bin" ]; then
+    echo "building the simulator ($hash)" >&2
+    make_overlay "$overlay"
     (cd "$here" && GO111MODULE=off GOPATH="$gopath" GOFLAGS= go build -overlay "$overlay/overlay.json" -o "$bin.tmp" .)
     mv "$bin.tmp" "$bin"
 fi

@@ -170,6 +170,7 @@ func (s *sim) controlTiming(w http.ResponseWriter, r *http.Request) {
 			MS             *float64 `json:"ms"`
 			DefaultMS      *float64 `json:"default_ms"`
 			BytesPerSecond *float64 `json:"bytes_per_second"`
+			UpdateMS       *float64 `json:"update_ms"`
 		}
 		dec := json.NewDecoder(r.Body)
 		dec.DisallowUnknownFields()
@@ -182,12 +183,15 @@ func (s *sim) controlTiming(w http.ResponseWriter, r *http.Request) {
 		case (req.Method == "") != (req.MS == nil):
 			ctlError(w, http.StatusBadRequest, `timing: "method" and "ms" go together`)
 			return
-		case req.MS == nil && req.DefaultMS == nil && req.BytesPerSecond == nil:
-			ctlError(w, http.StatusBadRequest, `timing: give "method" and "ms", "default_ms" or "bytes_per_second"`)
+		case req.MS == nil && req.DefaultMS == nil && req.BytesPerSecond == nil && req.UpdateMS == nil:
+			ctlError(w, http.StatusBadRequest, `timing: give "method" and "ms", "default_ms", "bytes_per_second" or "update_ms"`)
 			return
 		case (req.MS != nil && *req.MS < 0) || (req.DefaultMS != nil && *req.DefaultMS < 0) ||
 			(req.BytesPerSecond != nil && *req.BytesPerSecond <= 0):
 			ctlError(w, http.StatusBadRequest, "timing: durations must not be negative and the copy rate must be positive")
+			return
+		case req.UpdateMS != nil && (*req.UpdateMS < 1 || *req.UpdateMS > 1000):
+			ctlError(w, http.StatusBadRequest, "timing: update_ms must be between 1 and 1000")
 			return
 		}
 		ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
@@ -201,12 +205,16 @@ func (s *sim) controlTiming(w http.ResponseWriter, r *http.Request) {
 		if req.BytesPerSecond != nil {
 			t.bytesPerSecond = *req.BytesPerSecond
 		}
+		if req.UpdateMS != nil {
+			simulator.SetUpdateInterval(ms(*req.UpdateMS))
+		}
 		t.mu.Unlock()
 		writeJSON(w, http.StatusOK, t.snapshot())
 	case http.MethodDelete:
 		def := newTiming()
 		t.mu.Lock()
 		t.base, t.defaultBase, t.bytesPerSecond = def.base, def.defaultBase, def.bytesPerSecond
+		simulator.SetUpdateInterval(simulator.DefaultUpdateInterval)
 		t.mu.Unlock()
 		writeJSON(w, http.StatusOK, t.snapshot())
 	case http.MethodGet:
@@ -228,6 +236,7 @@ func (t *timing) snapshot() map[string]interface{} {
 		"default_ms":       float64(t.defaultBase) / float64(time.Millisecond),
 		"methods":          methods,
 		"bytes_per_second": t.bytesPerSecond,
+		"update_ms":        float64(simulator.UpdateInterval()) / float64(time.Millisecond),
 	}
 }
 

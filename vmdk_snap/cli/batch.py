@@ -16,7 +16,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vmdk_snap.cli import views
@@ -146,10 +146,10 @@ class _Workers:
         self._stack.close()
 
 
-def _one(ctx: Context, workers: _Workers, text: str) -> Outcome:
+def _one(ctx: Context, workers: _Workers, text: str, instance_uuid: str | None) -> Outcome:
     a = ctx.args
     try:
-        volume = parse_volume(text)
+        volume = replace(parse_volume(text), instance_uuid=instance_uuid)
         driver = workers.driver()
         if a.operation == "snapshot":
             result = driver.take_snapshot(volume, a.name, force=a.force, quiesce=a.quiesce)
@@ -169,11 +169,13 @@ def _one(ctx: Context, workers: _Workers, text: str) -> Outcome:
     return Outcome(text, EXIT_OK, "ok", message)
 
 
-def _group(ctx: Context, workers: _Workers, texts: list[str]) -> list[Outcome]:
+def _group(
+    ctx: Context, workers: _Workers, texts: list[str], instance_uuid: str | None
+) -> list[Outcome]:
     """The listed volumes of one instance at one moment: one outcome per member."""
     a = ctx.args
     try:
-        volumes = [parse_volume(t) for t in texts]
+        volumes = [replace(parse_volume(t), instance_uuid=instance_uuid) for t in texts]
         result = workers.driver().create_group_snapshot(
             volumes, a.name, force=a.force, quiesce=a.quiesce
         )
@@ -209,15 +211,20 @@ def run_batch(ctx: Context) -> int:
         # Volumes of one instance run one after the other (each forced
         # snapshot takes a temporary snapshot of the instance); instances and
         # detached volumes run side by side.
+        # The instance each volume was found on goes with it: one search of
+        # the inventory here, not one per volume.
         groups: dict[str, list[str]] = {}
+        uuids: dict[str, str | None] = {}
         for v in volumes:
             vid = v.removeprefix("volume-")
-            groups.setdefault(inventory.instance_of.get(vid, "volume:" + vid), []).append(v)
+            key = inventory.instance_of.get(vid, "volume:" + vid)
+            groups.setdefault(key, []).append(v)
+            uuids[v] = inventory.instance_uuid_of.get(vid)
 
         def run(key: str, group: list[str]) -> list[Outcome]:
             if a.consistent and not key.startswith("volume:"):
-                return _group(ctx, workers, group)
-            return [_one(ctx, workers, v) for v in group]
+                return _group(ctx, workers, group, uuids[group[0]])
+            return [_one(ctx, workers, v, uuids[v]) for v in group]
 
         with ThreadPoolExecutor(max_workers=a.concurrency, thread_name_prefix="batch") as pool:
             done = pool.map(lambda item: run(*item), groups.items())

@@ -169,16 +169,18 @@ class VolumeOps:
     def list_volumes(self) -> VolumeInventory:
         """Every backing (VM named ``volume-<id>``) and every attached volume.
 
-        One read of every VM's ``name`` and ``config.extraConfig`` (one round
-        trip whatever the inventory size; more only if vCenter pages it).
+        One read of every VM's ``name``, ``config.extraConfig`` and
+        ``config.instanceUuid`` (one round trip whatever the inventory size;
+        more only if vCenter pages it).
         """
         vms = retrieve(
             self.session,
             [vms_under_root(self.session)],
-            {vim.VirtualMachine: ["name", "config.extraConfig"]},
+            {vim.VirtualMachine: ["name", "config.extraConfig", "config.instanceUuid"]},
         )
         volumes: set[str] = set()
         recorded: dict[str, str] = {}
+        uuids: dict[str, list[str]] = {}  # volume id -> instance UUIDs of the VMs recording it
         for vm in vms:
             match = _BACKING_RE.match(str(vm.props.get("name", "")))
             if match:
@@ -188,9 +190,16 @@ class VolumeOps:
                 found = _BACKING_RE.match(str(option.key))
                 if found:
                     recorded.setdefault(found.group("id"), vm.ref.value)
+                    uuid = vm.props.get("config.instanceUuid")
+                    uuids.setdefault(found.group("id"), []).append(str(uuid or ""))
         attached = sorted(volumes & recorded.keys())
         return VolumeInventory(
-            tuple(sorted(volumes)), tuple(attached), {v: recorded[v] for v in attached}
+            tuple(sorted(volumes)),
+            tuple(attached),
+            {v: recorded[v] for v in attached},
+            # Only where one VM records it: several is a case for the
+            # volume's own lookup (which warns about it).
+            {v: uuids[v][0] for v in attached if len(uuids[v]) == 1 and uuids[v][0]},
         )
 
     def resolve(
