@@ -9,8 +9,10 @@ fixed order, and that test runs in both tiers.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyVmomi import vim
@@ -18,7 +20,9 @@ from pyVmomi import vim
 from tests.cli.support import Cli
 from tests.conftest import Target
 from tests.vsphere import connect, moref, props, remove_disk_change, watch_task
+from vmdk_snap.driver import Driver, Volume
 from vmdk_snap.testing import Simulator
+from vmdk_snap.vsphere.session import Session
 
 
 @pytest.fixture
@@ -145,6 +149,45 @@ def test_all_attached_snapshots_every_attached_volume_and_nothing_else(
     assert [e["volume"] for e in doc["errors"]] == [bad]
     assert doc["errors"][0]["kind"] == "wrong_state"
     assert sorted(v["volume"] for v in doc["volumes"]) == sorted([*attached, detached])
+
+
+@pytest.mark.live
+def test_batch_finds_each_instance_once_for_every_volume(
+    private_sim: Simulator, tmp_path: Path
+) -> None:
+    """The batch's one inventory read gives each volume its instance: per
+    volume, the calls of a forced snapshot with the instance known (no
+    search of the whole inventory per volume)."""
+    cli = _cli_on(private_sim, tmp_path)
+    ctl = cli.target.ctl
+    ctl.set_default_task_time(0)  # every task ends within one wait: exact counts
+
+    def batch(volumes: list[str], name: str) -> Counter[str]:
+        listing = tmp_path / f"{name}.txt"
+        listing.write_text("".join(f"{v}\n" for v in volumes))
+        ctl.reset_calls()
+        r = cli("batch", "snapshot", "--name", name, "--force", "--file", str(listing),
+                "--concurrency", "1")  # fmt: skip
+        assert r.code == 0, r.out + r.err
+        return Counter(ctl.calls())
+
+    def fresh() -> dict[str, Any]:
+        seeded = ctl.scenario("attached-volume")
+        return {"id": seeded["volumes"][0]["id"], "uuid": seeded["instances"][0]["uuid"]}
+
+    one = batch([fresh()["id"]], "one")
+    three = batch([fresh()["id"] for _ in range(3)], "three")
+    two_more = three - one  # two volumes' calls: the rest is the batch's own
+
+    alone = fresh()
+    t = cli.target
+    with Session(t.url, t.username, t.password, ca_file=t.ca_file) as session:
+        driver = Driver(session, journal_path=tmp_path / "alone.sqlite")
+        ctl.reset_calls()
+        driver.create_snapshot(Volume(alone["id"], "in-use", alone["uuid"]), "x", force=True)
+        alone_calls = Counter(ctl.calls())
+    assert alone_calls + alone_calls == two_more, (alone_calls, two_more)
+    ctl.reset_timing()
 
 
 def detach_keeping_files(target: Target, instance: str, vmdk: str) -> None:

@@ -76,15 +76,22 @@ def test_timing_control_sets_and_resets_durations(vc: Target, timing: None) -> N
     vc.ctl.set_task_time("RelocateVM_Task", 250)
     vc.ctl.set_default_task_time(5)
     vc.ctl.set_copy_rate(1 << 20)
+    vc.ctl.set_update_interval(10)
     got = vc.ctl.request("GET", "/timing")
     assert got == {
         "default_ms": 5,
         "methods": {"RelocateVM_Task": 250},
         "bytes_per_second": 1 << 20,
+        "update_ms": 10,
     }
     vc.ctl.reset_timing()
     got = vc.ctl.request("GET", "/timing")
-    assert got == {"default_ms": 20, "methods": {}, "bytes_per_second": 64 << 20}
+    assert got == {
+        "default_ms": 20,
+        "methods": {},
+        "bytes_per_second": 64 << 20,
+        "update_ms": 250,
+    }
     for bad, reason in [
         ({"ms": 5}, "go together"),
         ({"default_ms": -1}, "negative"),
@@ -192,3 +199,32 @@ def test_tools_state_is_visible_and_gates_quiesced_snapshots(vc: Target) -> None
 def test_tools_control_refuses_unknown_vms(vc: Target) -> None:
     with pytest.raises(SimulatorError, match="no VM vm-nosuch"):
         vc.ctl.set_tools("vm-nosuch", running=True)
+
+
+@pytest.mark.live
+@pytest.mark.parametrize(("update_ms", "waits"), [(250, 1), (10, 2)])
+def test_updates_within_one_interval_come_in_one_answer(
+    vc: Target, ops: Any, timing: None, update_ms: int, waits: int
+) -> None:
+    """A 100 ms task: within govmomi's 250 ms interval its entering the
+    watcher's view and its end come in one answer; looked for every 10 ms,
+    in two (as a vCenter answering at once would)."""
+    vol = vc.ctl.scenario("available-volume")["volumes"][0]
+    vc.ctl.set_update_interval(update_ms)
+    vc.ctl.set_task_time("CreateSnapshot_Task", 100)
+    assert vc.ctl.request("GET", "/timing")["update_ms"] == update_ms
+    backing = ops.find_backing(vol["id"])
+    vc.ctl.reset_calls()
+    ops.create_snapshot(backing, "s")
+    assert vc.ctl.calls() == {
+        "CreateSnapshot_Task": 1,
+        "ModifyListView": 1,
+        "WaitForUpdatesEx": waits,
+    }
+
+
+@pytest.mark.live
+def test_an_update_interval_out_of_range_is_refused(vc: Target, timing: None) -> None:
+    with pytest.raises(SimulatorError, match="update_ms must be between 1 and 1000"):
+        vc.ctl.set_update_interval(0)
+    assert vc.ctl.request("GET", "/timing")["update_ms"] == 250
