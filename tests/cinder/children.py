@@ -9,8 +9,14 @@ one JSON list, a result or an error per call.
 from __future__ import annotations
 
 import json
+import os
+import queue
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+from pathlib import Path
 from typing import Any, Protocol
 
 from tests.cinder.wsdl import vim_wsdl
@@ -94,15 +100,90 @@ def run_child(
     request = _request(
         vc, calls, **{"options": options or {}, "count_calls": count_calls, **(extra or {})}
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", module],
-        input=request,
-        capture_output=True,
-        text=True,
-        env=child_env(**(env or {})),
-        timeout=timeout,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results: list[Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if module in _FORKED and env is None and os.environ.get("VMDK_SNAP_TEST_FORK", "1") == "1":
+        code, out, err = _zygote().run(module, request, timeout)
+    else:  # its own environment (a package on its path): a new interpreter
+        proc = subprocess.run(
+            [sys.executable, "-m", module],
+            input=request,
+            capture_output=True,
+            text=True,
+            env=child_env(**(env or {})),
+            timeout=timeout,
+            check=False,
+        )
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    assert code == 0, err[-3000:]
+    results: list[Any] = json.loads(out.strip().splitlines()[-1])
     return results
+
+
+# The eventlet-patched children, as cinder-volume runs (oslo_child runs
+# oslo.vmware unpatched: a new interpreter each time).
+_FORKED = frozenset({"tests.cinder.cinder_child", "tests.cinder.manager_child"})
+
+
+class _Zygote:
+    """:mod:`tests.cinder.zygote`: forks each child with Cinder imported already.
+
+    One per test process, started on first use, ended with the process (its
+    input closes). The children are the same modules, run as ``python -m``
+    runs them; only the import is shared. ``VMDK_SNAP_TEST_FORK=0`` starts a
+    new interpreter per child instead.
+    """
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.cinder.zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+        self.answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, name="cinder-zygote", daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.answers.put(json.loads(line))
+        self.answers.put(None)  # it ended
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _answer(self, timeout: float) -> dict[str, Any]:
+        answer = self.answers.get(timeout=timeout)
+        if answer is None:
+            raise RuntimeError(f"the Cinder zygote ended (exit {self.proc.wait()})")
+        return answer
+
+    def run(self, module: str, request: str, timeout: float) -> tuple[int, str, str]:
+        """Fork ``module`` on ``request``: its exit code, stdout and stderr."""
+        with tempfile.TemporaryDirectory(prefix="cinder-fork-") as tmp:
+            files = {name: Path(tmp, name) for name in ("stdin", "stdout", "stderr")}
+            files["stdin"].write_text(request)
+            line = {"module": module, **{k: str(v) for k, v in files.items()}}
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(line) + "\n")
+            self.proc.stdin.flush()
+            pid = self._answer(60)["pid"]
+            try:
+                code = int(self._answer(timeout)["rc"])
+            except queue.Empty:
+                os.kill(pid, signal.SIGKILL)
+                self._answer(60)
+                raise subprocess.TimeoutExpired(module, timeout) from None
+            return code, files["stdout"].read_text(), files["stderr"].read_text()
+
+
+_ZYGOTE: _Zygote | None = None
+_ZYGOTE_LOCK = threading.Lock()
+
+
+def _zygote() -> _Zygote:
+    global _ZYGOTE  # noqa: PLW0603 - one per test process
+    with _ZYGOTE_LOCK:
+        if _ZYGOTE is None or not _ZYGOTE.alive():
+            _ZYGOTE = _Zygote()
+        return _ZYGOTE
