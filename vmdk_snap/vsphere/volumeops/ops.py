@@ -179,8 +179,8 @@ class VolumeOps:
             {vim.VirtualMachine: ["name", "config.extraConfig", "config.instanceUuid"]},
         )
         volumes: set[str] = set()
-        recorded: dict[str, str] = {}
-        uuids: dict[str, list[str]] = {}  # volume id -> instance UUIDs of the VMs recording it
+        # volume id -> (moref, instance UUID) of each VM recording it, in read order
+        recorded: dict[str, list[tuple[str, str]]] = {}
         for vm in vms:
             match = _BACKING_RE.match(str(vm.props.get("name", "")))
             if match:
@@ -189,17 +189,16 @@ class VolumeOps:
             for option in vm.props.get("config.extraConfig") or ():
                 found = _BACKING_RE.match(str(option.key))
                 if found:
-                    recorded.setdefault(found.group("id"), vm.ref.value)
-                    uuid = vm.props.get("config.instanceUuid")
-                    uuids.setdefault(found.group("id"), []).append(str(uuid or ""))
+                    uuid = str(vm.props.get("config.instanceUuid") or "")
+                    recorded.setdefault(found.group("id"), []).append((vm.ref.value, uuid))
         attached = sorted(volumes & recorded.keys())
         return VolumeInventory(
             tuple(sorted(volumes)),
             tuple(attached),
-            {v: recorded[v] for v in attached},
+            {v: recorded[v][0][0] for v in attached},
             # Only where one VM records it: several is a case for the
             # volume's own lookup (which warns about it).
-            {v: uuids[v][0] for v in attached if len(uuids[v]) == 1 and uuids[v][0]},
+            {v: recorded[v][0][1] for v in attached if len(recorded[v]) == 1 and recorded[v][0][1]},
         )
 
     def resolve(
