@@ -138,16 +138,19 @@ def simulator(request: pytest.FixtureRequest) -> Iterator[Simulator]:
         pytest.skip(f"{NEEDS_CTL}: the test uses the simulator itself")
     with Simulator() as sim:
         yield sim
-        # pyVmomi's lazy accessors show up as Fetch: none are allowed, in the
-        # library or in the tests.
-        calls = sim.control().request("GET", "/calls", total=1)
-        fetches = int(calls.get("Fetch", 0))
+        fetches = _fetches(sim)
         if fetches:
             request.config.stash[_FETCHES] = fetches
             pytest.fail(_fetch_message(fetches), pytrace=False)
 
 
 _FETCHES = pytest.StashKey[int]()
+
+
+def _fetches(sim: Simulator) -> int:
+    """Lazy pyVmomi accesses (``Fetch``) the simulator ever received: none are
+    allowed, in the library or in the tests."""
+    return int(sim.control().request("GET", "/calls", total=1).get("Fetch", 0))
 
 
 def _fetch_message(fetches: int) -> str:
@@ -497,7 +500,7 @@ def own_vc(tier: str) -> Iterator[Target]:
     with Simulator() as sim:
         yield Target.of(sim)
         # The session's check on the shared simulator, for this one.
-        fetches = int(sim.control().request("GET", "/calls", total=1).get("Fetch", 0))
+        fetches = _fetches(sim)
         assert not fetches, _fetch_message(fetches)
 
 

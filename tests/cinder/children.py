@@ -55,16 +55,24 @@ def _request(vc: Endpoint, calls: list[list[Any]], **fields: Any) -> str:
 
 
 def start_child(
-    module: str, vc: Endpoint, calls: list[list[Any]], *, extra: dict[str, Any] | None = None
+    module: str,
+    vc: Endpoint,
+    calls: list[list[Any]],
+    *,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
-    """Start ``module`` on ``calls`` without waiting; :func:`child_results` reads its answer."""
+    """Start ``module`` on ``calls`` without waiting; :func:`child_results` reads its answer.
+
+    A new interpreter, with ``env`` added to the test's environment.
+    """
     proc = subprocess.Popen(
         [sys.executable, "-m", module],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=child_env(),
+        env=child_env(**(env or {})),
     )
     assert proc.stdin is not None
     proc.stdin.write(_request(vc, calls, **(extra or {})))
@@ -74,9 +82,19 @@ def start_child(
 
 
 def child_results(proc: subprocess.Popen[str], timeout: float) -> list[Any]:
-    """The JSON answer of a child :func:`start_child` started."""
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
+    """The JSON answer of a child :func:`start_child` started (killed if it overruns)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return _answer(proc.returncode, out, err)
+
+
+def _answer(code: int, out: str, err: str) -> list[Any]:
+    """A child's JSON answer, the last line it printed; it must have succeeded."""
+    assert code == 0, err[-3000:]
     results: list[Any] = json.loads(out.strip().splitlines()[-1])
     return results
 
@@ -97,25 +115,11 @@ def run_child(
     ``count_calls``: each call's result also says how many SOAP round trips
     it made (the simulator's count; nothing else may use it meanwhile).
     """
-    request = _request(
-        vc, calls, **{"options": options or {}, "count_calls": count_calls, **(extra or {})}
-    )
+    fields = {"options": options or {}, "count_calls": count_calls, **(extra or {})}
     if module in _FORKED and env is None and os.environ.get("VMDK_SNAP_TEST_FORK", "1") == "1":
-        code, out, err = _zygote().run(module, request, timeout)
-    else:  # its own environment (a package on its path): a new interpreter
-        proc = subprocess.run(
-            [sys.executable, "-m", module],
-            input=request,
-            capture_output=True,
-            text=True,
-            env=child_env(**(env or {})),
-            timeout=timeout,
-            check=False,
-        )
-        code, out, err = proc.returncode, proc.stdout, proc.stderr
-    assert code == 0, err[-3000:]
-    results: list[Any] = json.loads(out.strip().splitlines()[-1])
-    return results
+        return _answer(*_zygote().run(module, _request(vc, calls, **fields), timeout))
+    # Its own environment (a package on its path): a new interpreter.
+    return child_results(start_child(module, vc, calls, extra=fields, env=env), timeout)
 
 
 # The eventlet-patched children, as cinder-volume runs (oslo_child runs

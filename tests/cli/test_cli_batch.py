@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,12 @@ from tests.cli.support import Cli
 from tests.conftest import Target
 from tests.vsphere import connect, moref, props, remove_disk_change, watch_task
 from vmdk_snap.driver import Driver, Volume
-from vmdk_snap.testing import Simulator
 from vmdk_snap.vsphere.session import Session
 
 
 @pytest.fixture
 def cli(vc: Target, tmp_path: Path) -> Cli:
     return Cli(vc, tmp_path)
-
-
-def _cli_on(sim: Simulator, tmp_path: Path) -> Cli:
-    """The command line against a simulator of the test's own (an inventory to itself)."""
-    info = sim.info
-    assert info is not None
-    target = Target("live", info.url, info.host, info.port, info.username, info.password,
-                    info.ca_file, info.thumbprint, sim.control())  # fmt: skip
-    return Cli(target, tmp_path)
 
 
 def snapshot_names(cli: Cli, volume: str) -> list[str]:
@@ -105,18 +94,11 @@ def test_batch_with_one_worker_replays(cli: Cli) -> None:
         assert snapshot_names(cli, vid) == ["b1"]
 
 
-@pytest.fixture
-def private_sim() -> Iterator[Simulator]:
-    """A simulator of its own: --all-attached must see only this test's volumes."""
-    with Simulator() as sim:
-        yield sim
-
-
 @pytest.mark.live
 def test_all_attached_snapshots_every_attached_volume_and_nothing_else(
-    private_sim: Simulator, tmp_path: Path
+    own_vc: Target, tmp_path: Path
 ) -> None:
-    cli = _cli_on(private_sim, tmp_path)
+    cli = Cli(own_vc, tmp_path)  # --all-attached: only this test's volumes
     ctl, target = cli.target.ctl, cli.target
     wf2 = ctl.scenario("workflow2")
     moved = ctl.scenario("attached-volume-moved")
@@ -152,13 +134,11 @@ def test_all_attached_snapshots_every_attached_volume_and_nothing_else(
 
 
 @pytest.mark.live
-def test_batch_finds_each_instance_once_for_every_volume(
-    private_sim: Simulator, tmp_path: Path
-) -> None:
+def test_batch_finds_each_instance_once_for_every_volume(own_vc: Target, tmp_path: Path) -> None:
     """The batch's one inventory read gives each volume its instance: per
     volume, the calls of a forced snapshot with the instance known (no
     search of the whole inventory per volume)."""
-    cli = _cli_on(private_sim, tmp_path)
+    cli = Cli(own_vc, tmp_path)  # --all-attached: only this test's volumes
     ctl = cli.target.ctl
     ctl.set_default_task_time(0)  # every task ends within one wait: exact counts
 
@@ -207,9 +187,9 @@ def detach_keeping_files(target: Target, instance: str, vmdk: str) -> None:
 
 @pytest.mark.live
 def test_consistent_batch_takes_each_instances_volumes_at_one_moment(
-    private_sim: Simulator, tmp_path: Path
+    own_vc: Target, tmp_path: Path
 ) -> None:
-    cli = _cli_on(private_sim, tmp_path)
+    cli = Cli(own_vc, tmp_path)  # --all-attached: only this test's volumes
     ctl = cli.target.ctl
     three = ctl.scenario("instance-three-volumes")
     one = ctl.scenario("attached-volume")

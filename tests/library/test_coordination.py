@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,6 @@ from tests.etcd import LEASE_SECONDS
 from tests.workflow_checks import snapshot_trees, vm, volume_disk_key
 from vmdk_snap.driver import Driver
 from vmdk_snap.errors import Busy
-from vmdk_snap.testing import Simulator
 from vmdk_snap.workflows.coordination import ToozLocks
 from vmdk_snap.workflows.journal import Journal
 
@@ -83,17 +81,14 @@ class Host:
 
 
 @pytest.fixture
-def vc(tier: str) -> Iterator[Target]:
+def vc(own_vc: Target) -> Target:
     """A simulator of these tests' own (``session``, ``ops`` and ``clean_sim`` use it).
 
     Processes are killed here: what a failing test leaves (a temporary
     instance snapshot) must not reach other tests' ``recover``, which looks
     across the whole inventory.
     """
-    if tier != "live":
-        pytest.skip("live only: real processes and a real etcd")
-    with Simulator() as sim:
-        yield Target.of(sim)
+    return own_vc
 
 
 def _hosts(vc: Target, etcd: str, tmp_path: Path) -> tuple[Host, Host]:
