@@ -41,14 +41,13 @@ make_overlay() {
 }
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/vmdk-snap"
-mkdir -p "$cache"
-overlay="$(mktemp -d "$cache/overlay.XXXXXX")"
-trap 'rm -rf "$overlay"' EXIT
-
 hash="$(cat "$here"/*.go "$here"/overlay/*.go "$here/build.sh" | sha256sum | cut -c1-16)-$(go version | sha256sum | cut -c1-8)"
 bin="$cache/vcsim-$hash"
 if [ ! -x "$bin" ]; then
     echo "building the simulator ($hash)" >&2
+    mkdir -p "$cache"
+    overlay="$(mktemp -d "$cache/overlay.XXXXXX")"
+    trap 'rm -rf "$overlay"' EXIT
     make_overlay "$overlay"
     (cd "$here" && GO111MODULE=off GOPATH="$gopath" GOFLAGS= go build -overlay "$overlay/overlay.json" -o "$bin.tmp" .)
     mv "$bin.tmp" "$bin"
